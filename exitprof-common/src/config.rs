@@ -1,0 +1,69 @@
+//! The configuration the loader hands to the eBPF programs as one global
+//! (`CONFIG`): the process filter and the field offsets of every classic
+//! tracepoint record, read from tracefs at load time because they differ
+//! between kernels (see `shared/fixtures/tracefs`).
+
+/// No process filter: every VM on the host is counted.
+pub const FILTER_ALL: u32 = 0;
+/// Only threads whose process id is a key of the `TRACKED_TGIDS` map are
+/// counted; `sched_process_fork` adds the children of tracked processes.
+pub const FILTER_TRACKED: u32 = 1;
+
+/// Byte offsets of the record fields each program reads. Offsets count from
+/// the start of the record (the `common_type` field), as tracefs prints them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `kvm_cpuid.function`
+    pub cpuid_function: u32,
+    /// `kvm_cpuid.index`
+    pub cpuid_index: u32,
+    /// `kvm_pio.rw` (1 = write)
+    pub pio_rw: u32,
+    /// `kvm_pio.port`
+    pub pio_port: u32,
+    /// `kvm_pio.size`
+    pub pio_size: u32,
+    /// `kvm_mmio.type` (0 unsatisfied read, 1 read, 2 write)
+    pub mmio_type: u32,
+    /// `kvm_mmio.gpa`
+    pub mmio_gpa: u32,
+    /// `kvm_msr.write`
+    pub msr_write: u32,
+    /// `kvm_msr.ecx` (the MSR index)
+    pub msr_ecx: u32,
+    /// `kvm_hypercall.nr`
+    pub hypercall_nr: u32,
+    /// `kvm_userspace_exit.reason`
+    pub userspace_exit_reason: u32,
+    /// `kvm_userspace_exit.errno`
+    pub userspace_exit_errno: u32,
+    /// `kvm_exit.exit_reason`
+    pub exit_reason: u32,
+    /// `kvm_exit.isa` (1 = VMX, 2 = SVM)
+    pub exit_isa: u32,
+    /// `kvm_exit.vcpu_id`
+    pub exit_vcpu_id: u32,
+    /// `sys_enter_ioctl.cmd`
+    pub ioctl_cmd: u32,
+    /// `sched_process_fork.parent_pid`
+    pub fork_parent_pid: u32,
+    /// `sched_process_fork.child_pid`
+    pub fork_child_pid: u32,
+}
+
+/// The one global the loader sets before loading the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`FILTER_ALL`] or [`FILTER_TRACKED`].
+    pub filter: u32,
+    /// Non-zero: also aggregate exits per (process, vCPU, reason).
+    pub breakdown: u32,
+    /// Record field offsets for the classic tracepoints.
+    pub offsets: Offsets,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` integers without padding.
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,259 @@
+//! Map keys and values. Keys mirror the `--json` contract in DESIGN.md so
+//! that the readout only sums over CPUs and never reinterprets.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields (always 0), so
+//! that keys hash identically on both sides.
+
+/// Number of log2 latency buckets: bucket `i` counts durations `d` with
+/// `2^i <= d < 2^(i+1)` nanoseconds (bucket 0 also takes `d = 0`); the last
+/// bucket takes everything from `2^(HIST_BUCKETS-1)` ns (~1 s) up.
+pub const HIST_BUCKETS: usize = 31;
+
+/// Capacity of the per-event hash maps; an event whose key does not fit is
+/// counted in `DROPPED` instead.
+pub const EVENT_MAP_ENTRIES: u32 = 4096;
+/// Capacity of the (process, vCPU, reason) breakdown map.
+pub const BREAKDOWN_MAP_ENTRIES: u32 = 16384;
+/// Capacity of the per-thread "exit in flight" maps (LRU: a thread whose
+/// entry never comes, e.g. a killed VM, is evicted instead of leaking).
+pub const PENDING_MAP_ENTRIES: u32 = 8192;
+/// Capacity of the set of tracked process ids (`--pid`, `-- COMMAND`).
+pub const TRACKED_MAP_ENTRIES: u32 = 1024;
+
+/// `DROPPED` slots: why an event was not counted.
+pub mod drop_reason {
+    /// A per-event hash map was full.
+    pub const EVENT_MAP_FULL: u32 = 0;
+    /// The breakdown map was full.
+    pub const BREAKDOWN_MAP_FULL: u32 = 1;
+    /// A pending (in flight) map update failed.
+    pub const PENDING_MAP_FULL: u32 = 2;
+    /// Number of slots in `DROPPED`.
+    pub const SLOTS: u32 = 4;
+}
+
+/// Per-exit-reason statistics: one per dense reason slot in the per-CPU
+/// array `EXIT_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStats {
+    /// Exits seen (counted at `kvm_exit`).
+    pub count: u64,
+    /// Exits whose `kvm_entry` was seen (the ones `total_ns` covers).
+    pub timed: u64,
+    /// Sum of exit-to-entry durations.
+    pub total_ns: u64,
+    /// Shortest duration; 0 while `timed == 0`.
+    pub min_ns: u64,
+    /// Longest duration.
+    pub max_ns: u64,
+    /// log2 histogram of durations, see [`HIST_BUCKETS`].
+    pub hist_log2_ns: [u64; HIST_BUCKETS],
+}
+
+impl ExitStats {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        count: 0,
+        timed: 0,
+        total_ns: 0,
+        min_ns: 0,
+        max_ns: 0,
+        hist_log2_ns: [0; HIST_BUCKETS],
+    };
+}
+
+/// Key of the breakdown map `EXIT_BREAKDOWN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BreakdownKey {
+    /// Process id (tgid) of the VMM.
+    pub pid: u32,
+    /// vCPU id as KVM reports it.
+    pub vcpu: u32,
+    /// Dense reason slot, see [`crate::reasons::slot`].
+    pub slot: u32,
+    /// Always 0.
+    pub _pad: u32,
+}
+
+/// Value of the breakdown map: the histogram stays per reason only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BreakdownStats {
+    /// Exits seen.
+    pub count: u64,
+    /// Exits whose entry was seen.
+    pub timed: u64,
+    /// Sum of durations.
+    pub total_ns: u64,
+    /// Longest duration.
+    pub max_ns: u64,
+}
+
+/// An exit in flight, keyed by thread id: the vCPU thread may sleep and
+/// migrate between exit and entry, so the CPU is no key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingExit {
+    /// `bpf_ktime_get_ns()` at `kvm_exit`.
+    pub ts_ns: u64,
+    /// Dense reason slot.
+    pub slot: u32,
+    /// vCPU id.
+    pub vcpu: u32,
+}
+
+/// Key of `CPUID_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CpuidKey {
+    /// eax on entry.
+    pub leaf: u32,
+    /// ecx on entry.
+    pub subleaf: u32,
+}
+
+/// Key of `PIO_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PioKey {
+    /// I/O port.
+    pub port: u16,
+    /// 1 for `out`, 0 for `in`.
+    pub write: u8,
+    /// Access size in bytes (1, 2, 4).
+    pub size: u8,
+}
+
+/// Key of `MMIO_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MmioKey {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// 1 for a write, 0 for a (satisfied) read.
+    pub write: u32,
+    /// Always 0.
+    pub _pad: u32,
+}
+
+/// Key of `MSR_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsrKey {
+    /// MSR index (ecx).
+    pub index: u32,
+    /// 1 for `wrmsr`, 0 for `rdmsr`.
+    pub write: u32,
+}
+
+/// Value of `USERSPACE_EXITS`, keyed by userspace-exit reason
+/// (see [`crate::userspace_exit`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserspaceExitStats {
+    /// Returns from `KVM_RUN` with this reason.
+    pub count: u64,
+    /// Round trips closed by the thread's next `ioctl(KVM_RUN)`.
+    pub roundtrips: u64,
+    /// Sum of round-trip durations.
+    pub roundtrip_total_ns: u64,
+    /// Longest round trip.
+    pub roundtrip_max_ns: u64,
+}
+
+/// A return to user space in flight, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingUserspaceExit {
+    /// `bpf_ktime_get_ns()` at `kvm_userspace_exit`.
+    pub ts_ns: u64,
+    /// Userspace-exit reason key.
+    pub reason: u32,
+    /// Always 0.
+    pub _pad: u32,
+}
+
+/// Log2 bucket of a duration: `floor(log2(d))`, clamped to the last bucket.
+/// Written as a bounded binary search so the eBPF verifier accepts it.
+#[inline(always)]
+#[must_use]
+pub fn log2_bucket(d: u64) -> usize {
+    let mut v = d;
+    let mut r = 0usize;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    if r >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        r
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        BreakdownKey, BreakdownStats, CpuidKey, ExitStats, MmioKey, MsrKey, PendingExit,
+        PendingUserspaceExit, PioKey, UserspaceExitStats,
+    };
+    // SAFETY: all of these are `repr(C)` integers with explicit padding.
+    unsafe impl aya::Pod for ExitStats {}
+    unsafe impl aya::Pod for BreakdownKey {}
+    unsafe impl aya::Pod for BreakdownStats {}
+    unsafe impl aya::Pod for PendingExit {}
+    unsafe impl aya::Pod for CpuidKey {}
+    unsafe impl aya::Pod for PioKey {}
+    unsafe impl aya::Pod for MmioKey {}
+    unsafe impl aya::Pod for MsrKey {}
+    unsafe impl aya::Pod for UserspaceExitStats {}
+    unsafe impl aya::Pod for PendingUserspaceExit {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_bucket_edges() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 0);
+        assert_eq!(log2_bucket(2), 1);
+        assert_eq!(log2_bucket(3), 1);
+        assert_eq!(log2_bucket(1023), 9);
+        assert_eq!(log2_bucket(1024), 10);
+        assert_eq!(log2_bucket(1 << 29), 29);
+        assert_eq!(log2_bucket((1 << 30) + 5), 30);
+        assert_eq!(log2_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn keys_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<PioKey>(), 4);
+        assert_eq!(core::mem::size_of::<MmioKey>(), 16);
+        assert_eq!(core::mem::size_of::<BreakdownKey>(), 16);
+        assert_eq!(core::mem::size_of::<PendingExit>(), 16);
+        assert_eq!(core::mem::size_of::<ExitStats>(), 8 * (5 + HIST_BUCKETS));
+    }
+}
