@@ -1,5 +1,17 @@
 //! exitprof: why and how long KVM guests leave the guest.
+//!
+//! Data flows one way: tracepoint → eBPF program → per-CPU map → readout
+//! (`readout.rs`, one [`snapshot::Snapshot`]) → presenters.
 
+mod backend;
+mod cli;
+mod loader;
+mod present;
+mod readout;
+mod signals;
+mod snapshot;
+mod stat;
+mod tracefs;
 mod workload;
 
 use std::process::ExitCode;
@@ -8,7 +20,16 @@ use clap::{Parser, Subcommand};
 
 /// KVM exit profiler: per-exit-reason counts and latencies from eBPF.
 #[derive(Parser, Debug)]
-#[command(name = "exitprof", version, about, long_about = None)]
+#[command(
+    name = "exitprof",
+    version,
+    about,
+    after_help = "\
+Examples:
+  sudo exitprof stat -- exitprof vm --cpuid 1234 --pio 300 --mmio 200
+  sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s --json
+  exitprof vm --cpuid 100 --hlt 5 --json"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,14 +37,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Count exits while COMMAND runs (or for a duration, or until
+    /// Ctrl-C), then print a report.
+    Stat(stat::StatArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
     Vm(workload::VmArgs),
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Stat(args) => stat::main(&args),
         Command::Vm(args) => workload::main(&args),
     };
     match result {

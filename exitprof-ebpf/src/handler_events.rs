@@ -1,0 +1,123 @@
+//! Exit-handler events: what KVM's handlers saw (every backend, PVM too).
+//! Each program is a thin wrapper around `try_*`; the record offsets come
+//! from tracefs through `CONFIG.offsets`.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use exitprof_common::maps::{CpuidKey, MmioKey, MsrKey, PioKey, drop_reason};
+
+use crate::{
+    config::{current, offset, wanted},
+    counters::increment,
+    maps::{CPUID_EVENTS, HYPERCALL_EVENTS, MMIO_EVENTS, MSR_EVENTS, PIO_EVENTS},
+};
+
+/// `kvm_mmio.type` of a read that still waits for user space; the matching
+/// satisfied read (`1`) follows, so only that one is counted.
+const MMIO_UNSATISFIED_READ: u32 = 0;
+/// `kvm_mmio.type` of a write.
+const MMIO_WRITE: u32 = 2;
+
+/// `kvm:kvm_cpuid` (`kvm_emulate_cpuid`): one per guest CPUID.
+#[tracepoint]
+pub fn kvm_cpuid(ctx: TracePointContext) -> u32 {
+    try_kvm_cpuid(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_cpuid(ctx: &TracePointContext) -> Result<u32, i64> {
+    if !wanted(current().0) {
+        return Ok(0);
+    }
+    // SAFETY: offsets were read from this kernel's tracefs format.
+    let key = unsafe {
+        CpuidKey {
+            leaf: ctx.read_at::<u32>(offset!(cpuid_function))?,
+            subleaf: ctx.read_at::<u32>(offset!(cpuid_index))?,
+        }
+    };
+    increment(&CPUID_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    Ok(0)
+}
+
+/// `kvm:kvm_pio` (`kernel_pio`/`emulator_pio_in_out`): one per port access.
+#[tracepoint]
+pub fn kvm_pio(ctx: TracePointContext) -> u32 {
+    try_kvm_pio(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_pio(ctx: &TracePointContext) -> Result<u32, i64> {
+    if !wanted(current().0) {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let key = unsafe {
+        PioKey {
+            port: ctx.read_at::<u32>(offset!(pio_port))? as u16,
+            write: u8::from(ctx.read_at::<u32>(offset!(pio_rw))? != 0),
+            size: ctx.read_at::<u32>(offset!(pio_size))? as u8,
+        }
+    };
+    increment(&PIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    Ok(0)
+}
+
+/// `kvm:kvm_mmio`: MMIO reads and writes KVM emulated.
+#[tracepoint]
+pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
+    try_kvm_mmio(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_mmio(ctx: &TracePointContext) -> Result<u32, i64> {
+    if !wanted(current().0) {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let kind = unsafe { ctx.read_at::<u32>(offset!(mmio_type))? };
+    if kind == MMIO_UNSATISFIED_READ {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let gpa = unsafe { ctx.read_at::<u64>(offset!(mmio_gpa))? };
+    let key = MmioKey {
+        gpa,
+        write: u32::from(kind == MMIO_WRITE),
+        _pad: 0,
+    };
+    increment(&MMIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    Ok(0)
+}
+
+/// `kvm:kvm_msr`: `rdmsr`/`wrmsr` KVM handled.
+#[tracepoint]
+pub fn kvm_msr(ctx: TracePointContext) -> u32 {
+    try_kvm_msr(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_msr(ctx: &TracePointContext) -> Result<u32, i64> {
+    if !wanted(current().0) {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let key = unsafe {
+        MsrKey {
+            index: ctx.read_at::<u32>(offset!(msr_ecx))?,
+            write: u32::from(ctx.read_at::<u32>(offset!(msr_write))? != 0),
+        }
+    };
+    increment(&MSR_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    Ok(0)
+}
+
+/// `kvm:kvm_hypercall`: `vmcall`/`vmmcall` KVM handled.
+#[tracepoint]
+pub fn kvm_hypercall(ctx: TracePointContext) -> u32 {
+    try_kvm_hypercall(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_hypercall(ctx: &TracePointContext) -> Result<u32, i64> {
+    if !wanted(current().0) {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let nr = unsafe { ctx.read_at::<u64>(offset!(hypercall_nr))? };
+    increment(&HYPERCALL_EVENTS, &nr, drop_reason::EVENT_MAP_FULL);
+    Ok(0)
+}

@@ -1,0 +1,71 @@
+//! Every map of the object. Names are the interface with the loader.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use exitprof_common::{
+    maps::{
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, CpuidKey, EVENT_MAP_ENTRIES,
+        ExitStats, MmioKey, MsrKey, PENDING_MAP_ENTRIES, PendingExit, PendingUserspaceExit, PioKey,
+        TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
+    },
+    reasons::SLOTS,
+};
+
+/// Per dense exit-reason slot: count, time, min, max, histogram.
+#[map]
+pub static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Per (process, vCPU, reason slot), filled when `CONFIG.breakdown != 0`.
+#[map]
+pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
+    PerCpuHashMap::with_max_entries(BREAKDOWN_MAP_ENTRIES, 0);
+
+/// Exits in flight, by thread id.
+#[map]
+pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
+    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
+
+/// `kvm_cpuid` by (leaf, subleaf).
+#[map]
+pub static CPUID_EVENTS: PerCpuHashMap<CpuidKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// `kvm_pio` by (port, direction, size).
+#[map]
+pub static PIO_EVENTS: PerCpuHashMap<PioKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// `kvm_mmio` by (gpa, direction); unsatisfied reads are not counted.
+#[map]
+pub static MMIO_EVENTS: PerCpuHashMap<MmioKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// `kvm_msr` by (index, direction).
+#[map]
+pub static MSR_EVENTS: PerCpuHashMap<MsrKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// `kvm_hypercall` by number.
+#[map]
+pub static HYPERCALL_EVENTS: PerCpuHashMap<u64, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// `kvm_userspace_exit` by reason, with the round trip to the next
+/// `ioctl(KVM_RUN)`.
+#[map]
+pub static USERSPACE_EXITS: PerCpuHashMap<u32, UserspaceExitStats> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Returns to user space in flight, by thread id.
+#[map]
+pub static PENDING_USERSPACE: LruHashMap<u32, PendingUserspaceExit> =
+    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
+
+/// Process ids whose events are counted when `CONFIG.filter` says so.
+#[map]
+pub static TRACKED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TRACKED_MAP_ENTRIES, 0);
+
+/// Events not counted, by [`drop_reason`].
+#[map]
+pub static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::SLOTS, 0);

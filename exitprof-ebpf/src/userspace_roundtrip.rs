@@ -1,0 +1,101 @@
+//! Userspace round trip: from `kvm:kvm_userspace_exit` (KVM_RUN returns to
+//! the VMM) to the same thread's next `ioctl(KVM_RUN)`: how long the VMM
+//! took to handle an exit that reached user space.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use exitprof_common::{
+    maps::{PendingUserspaceExit, UserspaceExitStats, drop_reason},
+    userspace_exit::ERRNO_BASE,
+};
+
+use crate::{
+    config::{current, offset, wanted},
+    counters::{drop_event, entry},
+    maps::{PENDING_USERSPACE, USERSPACE_EXITS},
+};
+
+/// `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u32 = 0xae80;
+
+/// `kvm:kvm_userspace_exit`: counted here, timed at the next `KVM_RUN`.
+#[tracepoint]
+pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
+    try_kvm_userspace_exit(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_userspace_exit(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current();
+    if !wanted(tgid) {
+        return Ok(0);
+    }
+    // SAFETY: offsets were read from this kernel's tracefs format.
+    let (reason, errno) = unsafe {
+        (
+            ctx.read_at::<u32>(offset!(userspace_exit_reason))?,
+            ctx.read_at::<i32>(offset!(userspace_exit_errno))?,
+        )
+    };
+    let reason = if errno < 0 {
+        ERRNO_BASE + errno.unsigned_abs()
+    } else {
+        reason
+    };
+    let init = UserspaceExitStats::default();
+    if let Some(stats) = entry(
+        &USERSPACE_EXITS,
+        &reason,
+        &init,
+        drop_reason::EVENT_MAP_FULL,
+    ) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe { (*stats).count += 1 };
+    }
+    let pending = PendingUserspaceExit {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        reason,
+        _pad: 0,
+    };
+    if PENDING_USERSPACE.insert(&tid, &pending, 0).is_err() {
+        drop_event(drop_reason::PENDING_MAP_FULL);
+    }
+    Ok(0)
+}
+
+/// `syscalls:sys_enter_ioctl`: closes the round trip on `KVM_RUN`.
+#[tracepoint]
+pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    try_sys_enter_ioctl(&ctx).unwrap_or(1)
+}
+
+fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY: as above.
+    let cmd = unsafe { ctx.read_at::<u64>(offset!(ioctl_cmd))? };
+    if cmd != u64::from(KVM_RUN) {
+        return Ok(0);
+    }
+    let tid = current().1;
+    // Only threads of wanted processes have a pending entry.
+    let Some(pending) = PENDING_USERSPACE.get_ptr(&tid) else {
+        return Ok(0);
+    };
+    // SAFETY: the entry is this thread's; only this thread removes it.
+    let pending = unsafe { *pending };
+    let _ = PENDING_USERSPACE.remove(&tid);
+    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
+    let init = UserspaceExitStats::default();
+    if let Some(stats) = entry(
+        &USERSPACE_EXITS,
+        &pending.reason,
+        &init,
+        drop_reason::EVENT_MAP_FULL,
+    ) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*stats).roundtrips += 1;
+            (*stats).roundtrip_total_ns += took;
+            if took > (*stats).roundtrip_max_ns {
+                (*stats).roundtrip_max_ns = took;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,346 @@
+//! Loads the embedded eBPF object, hands it its configuration (record
+//! offsets from tracefs, the process filter), attaches the programs and
+//! keeps them attached for the `Profiler`'s lifetime: dropping it detaches
+//! every program (also on Ctrl-C and on errors, by unwinding the owner).
+use std::time::Instant;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap,
+    programs::{ProgramError, TracePoint},
+};
+use exitprof_common::{
+    Config,
+    config::{FILTER_ALL, FILTER_TRACKED, Offsets},
+};
+
+use crate::{
+    backend::Backend,
+    readout,
+    snapshot::Snapshot,
+    tracefs::{self, Format, TracefsError},
+};
+
+/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof"));
+
+/// Errors of loading and attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not running as root.
+    #[error("exitprof needs root to load eBPF programs (CAP_BPF, CAP_PERFMON): run it with sudo")]
+    NotRoot,
+    /// The binary was built without its eBPF object.
+    #[error(
+        "this exitprof binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs: rebuild it with `cargo build` after `cargo xtask setup`"
+    )]
+    NoObject,
+    /// tracefs trouble (mount, missing tracepoint, format).
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// The kernel refused the object.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program would not load or attach.
+    #[error("attaching {program} to {category}:{event} failed: {source}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        event: &'static str,
+        /// Why.
+        source: Box<ProgramError>,
+    },
+    /// A map could not be read or written.
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Why.
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+/// Which processes are counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Every VM on the host.
+    All,
+    /// These processes and the processes they fork from now on.
+    Tracked(Vec<u32>),
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Process filter.
+    pub filter: Filter,
+    /// Also count exits per (process, vCPU, reason).
+    pub breakdown: bool,
+}
+
+/// One program and the tracepoint it belongs on.
+struct Hook {
+    program: &'static str,
+    category: &'static str,
+    event: &'static str,
+    /// Absent from the kernel: an error (true) or a feature left out.
+    required: bool,
+}
+
+const HOOKS: &[Hook] = &[
+    Hook {
+        program: "kvm_cpuid",
+        category: "kvm",
+        event: "kvm_cpuid",
+        required: true,
+    },
+    Hook {
+        program: "kvm_pio",
+        category: "kvm",
+        event: "kvm_pio",
+        required: true,
+    },
+    Hook {
+        program: "kvm_mmio",
+        category: "kvm",
+        event: "kvm_mmio",
+        required: true,
+    },
+    Hook {
+        program: "kvm_msr",
+        category: "kvm",
+        event: "kvm_msr",
+        required: true,
+    },
+    Hook {
+        program: "kvm_hypercall",
+        category: "kvm",
+        event: "kvm_hypercall",
+        required: true,
+    },
+    Hook {
+        program: "kvm_userspace_exit",
+        category: "kvm",
+        event: "kvm_userspace_exit",
+        required: true,
+    },
+    Hook {
+        program: "kvm_exit",
+        category: "kvm",
+        event: "kvm_exit",
+        required: true,
+    },
+    Hook {
+        program: "kvm_entry",
+        category: "kvm",
+        event: "kvm_entry",
+        required: true,
+    },
+    Hook {
+        program: "sys_enter_ioctl",
+        category: "syscalls",
+        event: "sys_enter_ioctl",
+        required: false,
+    },
+    Hook {
+        program: "sched_process_fork",
+        category: "sched",
+        event: "sched_process_fork",
+        required: true,
+    },
+];
+
+/// Attached programs and their maps.
+pub struct Profiler {
+    ebpf: Ebpf,
+    backend: Backend,
+    started: Instant,
+    /// Programs attached, by name.
+    attached: Vec<&'static str>,
+}
+
+impl Profiler {
+    /// Loads and attaches everything `options` asks for.
+    ///
+    /// # Errors
+    /// See [`LoadError`]; every variant says what to do.
+    pub fn start(options: &Options) -> Result<Self, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        if EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let root = tracefs::ensure_mounted()?;
+        let read = |category, event| tracefs::read_format(&root, category, event);
+        let mut formats = Vec::new();
+        for hook in HOOKS {
+            match read(hook.category, hook.event) {
+                Ok(format) => formats.push((hook, Some(format))),
+                Err(TracefsError::MissingEvent { .. }) if !hook.required => {
+                    formats.push((hook, None));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let find = |event: &str| {
+            formats
+                .iter()
+                .find(|(h, _)| h.event == event)
+                .and_then(|(_, f)| f.as_ref())
+        };
+        let config = Config {
+            filter: match options.filter {
+                Filter::All => FILTER_ALL,
+                Filter::Tracked(_) => FILTER_TRACKED,
+            },
+            breakdown: u32::from(options.breakdown),
+            offsets: offsets(&find)?,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| LoadError::Load(Box::new(e)))?;
+        if let Filter::Tracked(pids) = &options.filter {
+            let mut tracked: HashMap<_, u32, u8> = map_mut(&mut ebpf, "TRACKED_TGIDS")?;
+            for pid in pids {
+                tracked
+                    .insert(pid, 1, 0)
+                    .map_err(|e| map_error("TRACKED_TGIDS", e))?;
+            }
+        }
+        let mut attached = Vec::new();
+        for (hook, format) in &formats {
+            if format.is_none() {
+                log::warn!(
+                    "{}:{} is missing: {} is not attached",
+                    hook.category,
+                    hook.event,
+                    hook.program
+                );
+                continue;
+            }
+            attach(&mut ebpf, hook)?;
+            attached.push(hook.program);
+        }
+        Ok(Self {
+            ebpf,
+            backend: Backend::detect(),
+            started: Instant::now(),
+            attached,
+        })
+    }
+
+    /// Counts process `pid` (and its future children) from now on.
+    ///
+    /// # Errors
+    /// When the map of tracked processes is full.
+    pub fn track(&mut self, pid: u32) -> Result<(), LoadError> {
+        let mut tracked: HashMap<_, u32, u8> = map_mut(&mut self.ebpf, "TRACKED_TGIDS")?;
+        tracked
+            .insert(pid, 1, 0)
+            .map_err(|e| map_error("TRACKED_TGIDS", e))
+    }
+
+    /// The host's KVM backend.
+    #[must_use]
+    pub const fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether userspace round trips are measured (`sys_enter_ioctl`).
+    #[must_use]
+    pub fn measures_roundtrips(&self) -> bool {
+        self.attached.contains(&"sys_enter_ioctl")
+    }
+
+    /// Reads every map into one snapshot covering the time since start.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
+        let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        snapshot.interval_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(snapshot)
+    }
+}
+
+/// The record offsets every program needs, from the formats found.
+fn offsets<'a>(find: &impl Fn(&str) -> Option<&'a Format>) -> Result<Offsets, TracefsError> {
+    let get = |event: &str, field: &str| -> Result<u32, TracefsError> {
+        match find(event) {
+            Some(format) => format.offset(field),
+            // Optional event, missing: its program is not attached.
+            None => Ok(0),
+        }
+    };
+    Ok(Offsets {
+        cpuid_function: get("kvm_cpuid", "function")?,
+        cpuid_index: get("kvm_cpuid", "index")?,
+        pio_rw: get("kvm_pio", "rw")?,
+        pio_port: get("kvm_pio", "port")?,
+        pio_size: get("kvm_pio", "size")?,
+        mmio_type: get("kvm_mmio", "type")?,
+        mmio_gpa: get("kvm_mmio", "gpa")?,
+        msr_write: get("kvm_msr", "write")?,
+        msr_ecx: get("kvm_msr", "ecx")?,
+        hypercall_nr: get("kvm_hypercall", "nr")?,
+        userspace_exit_reason: get("kvm_userspace_exit", "reason")?,
+        userspace_exit_errno: get("kvm_userspace_exit", "errno")?,
+        exit_reason: get("kvm_exit", "exit_reason")?,
+        exit_isa: get("kvm_exit", "isa")?,
+        exit_vcpu_id: get("kvm_exit", "vcpu_id")?,
+        ioctl_cmd: get("sys_enter_ioctl", "cmd")?,
+        fork_parent_pid: get("sched_process_fork", "parent_pid")?,
+        fork_child_pid: get("sched_process_fork", "child_pid")?,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), LoadError> {
+    let fail = |source: ProgramError| LoadError::Attach {
+        program: hook.program,
+        category: hook.category,
+        event: hook.event,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(fail)?;
+    program.load().map_err(fail)?;
+    program.attach(hook.category, hook.event).map_err(fail)?;
+    Ok(())
+}
+
+fn map_error(map: &'static str, source: aya::maps::MapError) -> LoadError {
+    LoadError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| map_error(name, aya::maps::MapError::InvalidName { name: name.into() }))?;
+    T::try_from(map).map_err(|e| map_error(name, e))
+}
+
+/// A read-only view of a map.
+pub(crate) fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| map_error(name, aya::maps::MapError::InvalidName { name: name.into() }))?;
+    T::try_from(map).map_err(|e| map_error(name, e))
+}

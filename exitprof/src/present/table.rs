@@ -1,0 +1,260 @@
+//! The human tables of `exitprof stat` (and `top --once`): VM exits like
+//! `perf kvm stat report`, then the exit-handler events.
+use std::fmt::Write as _;
+
+use crate::{
+    backend::Backend,
+    present::{duration, percent},
+    snapshot::Snapshot,
+};
+
+/// Renders `snapshot` as the `stat` report. `scope` says what was counted
+/// (e.g. "pid 1234 and its children", "all processes").
+#[must_use]
+pub fn render(snapshot: &Snapshot, scope: &str) -> String {
+    let mut out = String::new();
+    let backend = backend_of(snapshot);
+    let _ = writeln!(
+        out,
+        "exitprof: backend {}, {} counted over {} ({} tracepoints)",
+        snapshot.backend,
+        scope,
+        duration(snapshot.interval_ns),
+        snapshot.attach_mode,
+    );
+    if let Some(note) = backend.and_then(Backend::vmexit_note) {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out.push('\n');
+    if snapshot.vmexit_available {
+        render_exits(&mut out, snapshot);
+    }
+    render_events(&mut out, snapshot);
+    let _ = writeln!(out, "dropped: {}", snapshot.dropped);
+    out
+}
+
+fn backend_of(snapshot: &Snapshot) -> Option<Backend> {
+    match snapshot.backend.as_str() {
+        "vmx" => Some(Backend::Vmx),
+        "svm" => Some(Backend::Svm),
+        "pvm" => Some(Backend::Pvm),
+        "unknown" => Some(Backend::Unknown),
+        _ => None,
+    }
+}
+
+fn render_exits(out: &mut String, snapshot: &Snapshot) {
+    let total = snapshot.total_exits();
+    let total_ns = snapshot.total_exit_ns();
+    let mut rows: Vec<_> = snapshot.reason_rows().collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>8} {:>11} {:>8} {:>10} {:>10} {:>10}",
+        "VM-EXIT", "COUNT", "COUNT%", "TIME", "TIME%", "AVG", "MIN", "MAX"
+    );
+    for r in &rows {
+        let label = format!("{} ({:#x})", r.name, r.reason);
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>8} {:>11} {:>8} {:>10} {:>10} {:>10}",
+            label,
+            r.count,
+            percent(r.count, total),
+            duration(r.total_ns),
+            percent(r.total_ns, total_ns),
+            duration(r.avg_ns()),
+            duration(r.min_ns),
+            duration(r.max_ns),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>8} {:>11}\n",
+        "total",
+        total,
+        "",
+        duration(total_ns)
+    );
+    let breakdown: Vec<_> = snapshot.exits.iter().filter(|r| r.pid.is_some()).collect();
+    if !breakdown.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>8} {:>5} {:<28} {:>10} {:>11} {:>10}",
+            "PID", "VCPU", "VM-EXIT", "COUNT", "TIME", "AVG"
+        );
+        for r in breakdown {
+            let _ = writeln!(
+                out,
+                "{:>8} {:>5} {:<28} {:>10} {:>11} {:>10}",
+                r.pid.unwrap_or_default(),
+                r.vcpu.unwrap_or_default(),
+                format!("{} ({:#x})", r.name, r.reason),
+                r.count,
+                duration(r.total_ns),
+                duration(r.avg_ns()),
+            );
+        }
+        out.push('\n');
+    }
+}
+
+fn direction(write: bool) -> &'static str {
+    if write { "write" } else { "read" }
+}
+
+fn render_events(out: &mut String, snapshot: &Snapshot) {
+    let e = &snapshot.events;
+    let _ = writeln!(out, "{:<36} {:>10}", "CPUID LEAF/SUBLEAF", "COUNT");
+    for r in &e.cpuid {
+        let label = format!("{:#010x}/{:#x}", r.leaf, r.subleaf.unwrap_or(0));
+        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
+    }
+    let _ = writeln!(out, "\n{:<36} {:>10}", "I/O PORT", "COUNT");
+    for r in &e.pio {
+        let label = format!(
+            "{:#06x} {} {}B",
+            r.port,
+            if r.write { "out" } else { "in" },
+            r.size
+        );
+        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
+    }
+    let _ = writeln!(out, "\n{:<36} {:>10}", "MMIO GPA", "COUNT");
+    for r in &e.mmio {
+        let label = format!("{:#014x} {}", r.gpa, direction(r.write));
+        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
+    }
+    let _ = writeln!(out, "\n{:<36} {:>10}", "MSR", "COUNT");
+    for r in &e.msr {
+        let label = format!("{:#010x} {}", r.index, direction(r.write));
+        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
+    }
+    let _ = writeln!(out, "\n{:<36} {:>10}", "HYPERCALL", "COUNT");
+    for r in &e.hypercall {
+        let label = format!("{:#x}", r.nr);
+        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<36} {:>10} {:>12} {:>12}",
+        "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
+    );
+    for r in &e.userspace_exit {
+        let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<36} {:>10} {:>12} {:>12}",
+            r.name,
+            r.count,
+            duration(avg),
+            duration(r.roundtrip_max_ns)
+        );
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{CpuidRow, ExitRow, PioRow, UserspaceExitRow};
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::empty(Backend::Svm);
+        s.interval_ns = 1_500_000_000;
+        s.exits = vec![
+            ExitRow {
+                isa: "svm".into(),
+                reason: 0x78,
+                name: "hlt".into(),
+                count: 1,
+                timed: 1,
+                total_ns: 3_000,
+                min_ns: 3_000,
+                max_ns: 3_000,
+                hist_log2_ns: vec![],
+                ..ExitRow::default()
+            },
+            ExitRow {
+                isa: "svm".into(),
+                reason: 0x72,
+                name: "cpuid".into(),
+                count: 3,
+                timed: 3,
+                total_ns: 3_000,
+                min_ns: 500,
+                max_ns: 2_000,
+                hist_log2_ns: vec![],
+                ..ExitRow::default()
+            },
+        ];
+        s.events.cpuid = vec![CpuidRow {
+            leaf: 0,
+            subleaf: Some(0),
+            count: 3,
+        }];
+        s.events.pio = vec![PioRow {
+            port: 0xe9,
+            write: true,
+            size: 1,
+            count: 7,
+        }];
+        s.events.userspace_exit = vec![UserspaceExitRow {
+            reason: 2,
+            name: "IO".into(),
+            count: 7,
+            roundtrips: 7,
+            roundtrip_total_ns: 7_000,
+            roundtrip_max_ns: 2_500,
+        }];
+        s
+    }
+
+    #[test]
+    fn exits_sorted_by_count_with_exact_columns() {
+        let text = render(&snapshot(), "all processes");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "exitprof: backend svm, all processes counted over 1.50 s (classic tracepoints)"
+        );
+        assert_eq!(lines[1], "");
+        assert_eq!(
+            lines[2],
+            "VM-EXIT                           COUNT   COUNT%        TIME    TIME%        AVG        MIN        MAX"
+        );
+        assert_eq!(
+            lines[3],
+            "cpuid (0x72)                          3   75.00%     3.00 us   50.00%    1.00 us     500 ns    2.00 us"
+        );
+        assert_eq!(
+            lines[4],
+            "hlt (0x78)                            1   25.00%     3.00 us   50.00%    3.00 us    3.00 us    3.00 us"
+        );
+        assert_eq!(
+            lines[5],
+            "total                                 4              6.00 us"
+        );
+        assert!(text.contains("\n0x00000000/0x0                                3\n"));
+        assert!(text.contains("\n0x00e9 out 1B                                 7\n"));
+        assert!(text.contains(
+            "\nIO                                            7      1.00 us      2.50 us\n"
+        ));
+        assert!(text.ends_with("dropped: 0\n"));
+    }
+
+    #[test]
+    fn pvm_says_why_there_are_no_exit_rows() {
+        let mut s = snapshot();
+        s.backend = "pvm".into();
+        s.vmexit_available = false;
+        s.exits.clear();
+        let text = render(&s, "pid 42 and its children");
+        assert!(text.lines().nth(1).unwrap().starts_with(
+            "note: this host's KVM backend is PVM: kvm_exit/kvm_entry are not emitted there"
+        ));
+        assert!(!text.contains("VM-EXIT"));
+        assert!(text.contains("CPUID LEAF/SUBLEAF"));
+    }
+}

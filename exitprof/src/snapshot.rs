@@ -1,0 +1,369 @@
+//! The readout model: one snapshot type, summed over CPUs, that every
+//! presenter (table, JSON, TUI, record, CPUID mirror) reads. Field names are
+//! the `--json` contract of DESIGN.md: add fields, never rename.
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+
+/// One snapshot of every counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// "vmx", "svm", "pvm" or "unknown".
+    pub backend: String,
+    /// Time the counters cover.
+    pub interval_ns: u64,
+    /// How the vmexit programs are attached ("classic": tracepoints with
+    /// tracefs offsets).
+    #[serde(default)]
+    pub attach_mode: String,
+    /// Whether `kvm_exit`/`kvm_entry` fire on this backend; when false,
+    /// `exits` is empty because nothing can be seen, not because nothing
+    /// exited.
+    #[serde(default)]
+    pub vmexit_available: bool,
+    /// Per exit reason (rows without `pid`), then, with a breakdown, per
+    /// (process, vCPU, reason) (rows with `pid` and `vcpu`, no histogram).
+    pub exits: Vec<ExitRow>,
+    /// Exit-handler events.
+    pub events: Events,
+    /// Events lost to full maps.
+    pub dropped: u64,
+}
+
+/// One exit reason's statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRow {
+    /// "vmx" or "svm".
+    pub isa: String,
+    /// Raw hardware code (VMX basic reason, SVM exit code).
+    pub reason: u32,
+    /// Name as the kernel prints it.
+    pub name: String,
+    /// VMM process id, in a per-process breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// vCPU id, in a per-vCPU breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu: Option<u32>,
+    /// Exits (counted at exit).
+    pub count: u64,
+    /// Exits whose re-entry was seen (the ones the times cover).
+    #[serde(default)]
+    pub timed: u64,
+    /// Sum of exit-to-entry durations.
+    pub total_ns: u64,
+    /// Shortest duration (0 when none was timed).
+    pub min_ns: u64,
+    /// Longest duration.
+    pub max_ns: u64,
+    /// log2 histogram: bucket i counts durations in [2^i, 2^(i+1)) ns.
+    pub hist_log2_ns: Vec<u64>,
+}
+
+impl ExitRow {
+    /// Mean duration of the timed exits.
+    #[must_use]
+    pub fn avg_ns(&self) -> u64 {
+        self.total_ns.checked_div(self.timed).unwrap_or(0)
+    }
+}
+
+/// Exit-handler events, as KVM's handlers traced them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Events {
+    /// CPUID by leaf and subleaf.
+    pub cpuid: Vec<CpuidRow>,
+    /// Port I/O by port, direction and size.
+    pub pio: Vec<PioRow>,
+    /// MMIO by guest physical address and direction.
+    pub mmio: Vec<MmioRow>,
+    /// MSR accesses by index and direction.
+    pub msr: Vec<MsrRow>,
+    /// Hypercalls by number.
+    pub hypercall: Vec<HypercallRow>,
+    /// Returns of `KVM_RUN` to the VMM by reason, with the round trip.
+    pub userspace_exit: Vec<UserspaceExitRow>,
+}
+
+/// CPUID events of one leaf/subleaf.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidRow {
+    /// eax.
+    pub leaf: u32,
+    /// ecx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subleaf: Option<u32>,
+    /// Events.
+    pub count: u64,
+}
+
+/// Port I/O events of one port, direction and size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PioRow {
+    /// Port.
+    pub port: u16,
+    /// `out` (true) or `in`.
+    pub write: bool,
+    /// Bytes.
+    pub size: u8,
+    /// Events.
+    pub count: u64,
+}
+
+/// MMIO events of one address and direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioRow {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Write (true) or read.
+    pub write: bool,
+    /// Events.
+    pub count: u64,
+}
+
+/// MSR events of one index and direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsrRow {
+    /// MSR index.
+    pub index: u32,
+    /// `wrmsr` (true) or `rdmsr`.
+    pub write: bool,
+    /// Events.
+    pub count: u64,
+}
+
+/// Hypercalls of one number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HypercallRow {
+    /// Hypercall number (rax).
+    pub nr: u64,
+    /// Events.
+    pub count: u64,
+}
+
+/// Userspace exits of one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserspaceExitRow {
+    /// `KVM_EXIT_*`, or `0x10000 + errno` for an error return.
+    pub reason: u32,
+    /// `IO`, `MMIO`, `HLT`, ..., `restart (EINTR)`.
+    pub name: String,
+    /// Returns to user space.
+    pub count: u64,
+    /// Round trips closed by the next `KVM_RUN`.
+    #[serde(default)]
+    pub roundtrips: u64,
+    /// Sum of round trips.
+    pub roundtrip_total_ns: u64,
+    /// Longest round trip.
+    pub roundtrip_max_ns: u64,
+}
+
+impl Snapshot {
+    /// An empty snapshot of `backend`.
+    #[must_use]
+    pub fn empty(backend: Backend) -> Self {
+        Self {
+            backend: backend.name().to_owned(),
+            vmexit_available: backend.emits_vmexit(),
+            attach_mode: "classic".to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// The per-reason rows (a breakdown adds rows with `pid`/`vcpu` after
+    /// them, which repeat the same exits).
+    pub fn reason_rows(&self) -> impl Iterator<Item = &ExitRow> {
+        self.exits.iter().filter(|r| r.pid.is_none())
+    }
+
+    /// Total exits.
+    #[must_use]
+    pub fn total_exits(&self) -> u64 {
+        self.reason_rows().map(|r| r.count).sum()
+    }
+
+    /// Total time in exits.
+    #[must_use]
+    pub fn total_exit_ns(&self) -> u64 {
+        self.reason_rows().map(|r| r.total_ns).sum()
+    }
+
+    /// What happened between `earlier` and `self` (counters subtract;
+    /// minimum and maximum stay those of `self`, they cannot be undone).
+    /// Rows with no new events are left out.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = self.clone();
+        out.interval_ns = self.interval_ns.saturating_sub(earlier.interval_ns);
+        out.dropped = self.dropped.saturating_sub(earlier.dropped);
+        out.exits = self
+            .exits
+            .iter()
+            .filter_map(|row| {
+                let before = earlier.exits.iter().find(|e| {
+                    (&e.isa, e.reason, e.pid, e.vcpu) == (&row.isa, row.reason, row.pid, row.vcpu)
+                });
+                let mut row = row.clone();
+                if let Some(b) = before {
+                    row.count = row.count.saturating_sub(b.count);
+                    row.timed = row.timed.saturating_sub(b.timed);
+                    row.total_ns = row.total_ns.saturating_sub(b.total_ns);
+                    for (h, hb) in row.hist_log2_ns.iter_mut().zip(&b.hist_log2_ns) {
+                        *h = h.saturating_sub(*hb);
+                    }
+                }
+                (row.count > 0 || row.timed > 0).then_some(row)
+            })
+            .collect();
+        let e = &earlier.events;
+        out.events = Events {
+            cpuid: delta(&self.events.cpuid, &e.cpuid, |r| (r.leaf, r.subleaf)),
+            pio: delta(&self.events.pio, &e.pio, |r| (r.port, r.write, r.size)),
+            mmio: delta(&self.events.mmio, &e.mmio, |r| (r.gpa, r.write)),
+            msr: delta(&self.events.msr, &e.msr, |r| (r.index, r.write)),
+            hypercall: delta(&self.events.hypercall, &e.hypercall, |r| r.nr),
+            userspace_exit: self
+                .events
+                .userspace_exit
+                .iter()
+                .filter_map(|row| {
+                    let mut row = row.clone();
+                    if let Some(b) = e.userspace_exit.iter().find(|b| b.reason == row.reason) {
+                        row.count = row.count.saturating_sub(b.count);
+                        row.roundtrips = row.roundtrips.saturating_sub(b.roundtrips);
+                        row.roundtrip_total_ns =
+                            row.roundtrip_total_ns.saturating_sub(b.roundtrip_total_ns);
+                    }
+                    (row.count > 0 || row.roundtrips > 0).then_some(row)
+                })
+                .collect(),
+        };
+        out
+    }
+}
+
+/// Event rows: a key and a `count`.
+trait Counted: Clone {
+    fn count(&self) -> u64;
+    fn set_count(&mut self, count: u64);
+}
+
+macro_rules! counted {
+    ($($t:ty),*) => {$(
+        impl Counted for $t {
+            fn count(&self) -> u64 {
+                self.count
+            }
+            fn set_count(&mut self, count: u64) {
+                self.count = count;
+            }
+        }
+    )*};
+}
+counted!(CpuidRow, PioRow, MmioRow, MsrRow, HypercallRow);
+
+/// `now - before` per key, without the rows that did not change.
+fn delta<T: Counted, K: PartialEq>(now: &[T], before: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
+    now.iter()
+        .filter_map(|row| {
+            let old = before
+                .iter()
+                .find(|b| key(b) == key(row))
+                .map_or(0, Counted::count);
+            let mut row = row.clone();
+            row.set_count(row.count().saturating_sub(old));
+            (row.count() > 0).then_some(row)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(reason: u32, count: u64, timed: u64, total_ns: u64) -> ExitRow {
+        ExitRow {
+            isa: "svm".into(),
+            reason,
+            name: "x".into(),
+            count,
+            timed,
+            total_ns,
+            min_ns: 1,
+            max_ns: 9,
+            hist_log2_ns: vec![timed, 0],
+            ..ExitRow::default()
+        }
+    }
+
+    #[test]
+    fn since_subtracts_counters_and_drops_idle_rows() {
+        let mut a = Snapshot::empty(Backend::Svm);
+        a.interval_ns = 1_000;
+        a.exits = vec![exit(0x72, 10, 10, 100), exit(0x78, 3, 3, 30)];
+        a.events.pio = vec![PioRow {
+            port: 0xe9,
+            write: true,
+            size: 1,
+            count: 5,
+        }];
+        a.dropped = 1;
+        let mut b = a.clone();
+        b.interval_ns = 3_000;
+        b.exits = vec![
+            exit(0x72, 25, 24, 260),
+            exit(0x78, 3, 3, 30),
+            exit(0x400, 2, 2, 8),
+        ];
+        b.events.pio[0].count = 12;
+        b.dropped = 4;
+        let d = b.since(&a);
+        assert_eq!(d.interval_ns, 2_000);
+        assert_eq!(d.dropped, 3);
+        assert_eq!(d.exits.len(), 2);
+        assert_eq!(
+            (d.exits[0].count, d.exits[0].timed, d.exits[0].total_ns),
+            (15, 14, 160)
+        );
+        assert_eq!(d.exits[0].hist_log2_ns, vec![14, 0]);
+        assert_eq!((d.exits[1].reason, d.exits[1].count), (0x400, 2));
+        assert_eq!(d.events.pio[0].count, 7);
+    }
+
+    #[test]
+    fn json_field_names_follow_the_contract() {
+        let mut s = Snapshot::empty(Backend::Pvm);
+        s.exits = vec![exit(0x72, 1, 1, 5)];
+        s.events.cpuid = vec![CpuidRow {
+            leaf: 0,
+            subleaf: Some(0),
+            count: 7,
+        }];
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        for key in ["backend", "interval_ns", "exits", "events", "dropped"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert_eq!(v["backend"], "pvm");
+        let row = &v["exits"][0];
+        for key in [
+            "isa",
+            "reason",
+            "name",
+            "count",
+            "total_ns",
+            "min_ns",
+            "max_ns",
+            "hist_log2_ns",
+        ] {
+            assert!(row.get(key).is_some(), "{key}");
+        }
+        assert!(row.get("pid").is_none(), "pid only in a breakdown");
+        for key in ["cpuid", "pio", "mmio", "msr", "hypercall", "userspace_exit"] {
+            assert!(v["events"].get(key).is_some(), "{key}");
+        }
+        assert_eq!(v["events"]["cpuid"][0]["count"], 7);
+        let back: Snapshot = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+}
