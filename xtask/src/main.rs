@@ -6,6 +6,8 @@
 //! - `e2e`: the nested SVM sandbox scenarios only
 
 mod sandbox;
+mod setup;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 
@@ -18,12 +20,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Install what this machine lacks (Debian packages, nightly rust-src,
+    /// bpf-linker). Idempotent.
+    Setup,
+    /// Build and run the main job on the built-in workload VM.
+    Demo,
+    /// Run every test: unit, root integration, nested sandbox.
+    Test(sandbox::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
     E2e(sandbox::E2eArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::E2e(args) => sandbox::e2e(&args),
+        Task::Setup => setup::setup(),
+        Task::Demo => tasks::demo(),
+        Task::Test(args) => tasks::test(&args),
+        Task::E2e(args) => {
+            setup::setup()?;
+            sandbox::e2e(&args)
+        }
     }
 }
