@@ -49,7 +49,22 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help, --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One line: what is wrong; the usage is one `--help` away.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("exitprof: {first} (see `exitprof --help`)");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Stat(args) => stat::main(&args),
         Command::Vm(args) => workload::main(&args),

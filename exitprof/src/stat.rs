@@ -1,13 +1,14 @@
 //! `exitprof stat`: count while a command runs (or for a duration, or until
 //! Ctrl-C), then print one report, like `perf stat`.
 use std::{
+    ffi::CString,
     io::Write as _,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    process::{Child, Command, ExitCode},
+    os::fd::AsRawFd as _,
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::{
     cli::{parse_duration, parse_live_pid},
@@ -78,18 +79,21 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     let mut child = if args.command.is_empty() {
         None
     } else {
-        Some(spawn_gated(&args.command, |pid| {
-            if tracked_command {
-                profiler.track(pid)?;
+        let mut child = GatedChild::fork(&args.command)?;
+        if tracked_command {
+            if let Err(e) = profiler.track(child.id()) {
+                child.terminate();
+                return Err(e.into());
             }
-            Ok(())
-        })?)
+        }
+        child.release()?;
+        Some(child)
     };
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut status = None;
     loop {
         if let Some(c) = child.as_mut() {
-            if let Some(s) = c.try_wait().context("waiting for the command")? {
+            if let Some(s) = c.try_wait()? {
                 status = Some(s);
                 break;
             }
@@ -109,53 +113,111 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(c), None) = (child.as_mut(), status) {
         // Stopped by the deadline or a signal while the command runs: end
-        // it as `perf stat --timeout` does (SIGTERM, then reap).
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
-        let _ = c.wait();
+        // it as `perf stat --timeout` does.
+        c.terminate();
     }
     Ok(match status {
-        Some(s) if s.success() => ExitCode::SUCCESS,
-        Some(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1)),
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None if signals::received().is_some() => ExitCode::from(130),
         None => ExitCode::SUCCESS,
     })
 }
 
-/// Spawns `command` stopped before `exec` until `ready(pid)` returned, so
-/// that not one of its events happens before it is tracked.
-fn spawn_gated(
-    command: &[String],
-    ready: impl FnOnce(u32) -> Result<(), crate::loader::LoadError>,
-) -> anyhow::Result<Child> {
-    let (gate_read, mut gate_write) = std::io::pipe().context("creating a pipe")?;
-    let read_fd = gate_read.as_raw_fd();
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // SAFETY: the closure only calls async-signal-safe read(2) and close(2).
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut byte = 0u8;
-            let n = libc::read(read_fd, (&raw mut byte).cast(), 1);
-            libc::close(read_fd);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(
-                    "exitprof stat went away before the command started",
-                ))
+/// A command forked by `stat`, held before `exec` until released.
+struct GatedChild {
+    pid: libc::pid_t,
+    /// Write end of the gate; closing it without writing makes the child
+    /// exit instead of running the command.
+    gate: Option<std::io::PipeWriter>,
+    status: Option<i32>,
+}
+
+impl GatedChild {
+    /// Forks; the child waits on a pipe before it `exec`s `command`.
+    /// (`std::process::Command` cannot do this: `spawn` waits for `exec`.)
+    fn fork(command: &[String]) -> anyhow::Result<Self> {
+        let argv: Vec<CString> = command
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("COMMAND contains a NUL byte")?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let (gate_read, gate_write) = std::io::pipe().context("creating a pipe")?;
+        let read_fd = gate_read.as_raw_fd();
+        // SAFETY: after fork the child only calls async-signal-safe
+        // functions (read, close, execvp, write, _exit) on memory prepared
+        // before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork failed: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            unsafe {
+                let mut byte = 0u8;
+                let n = libc::read(read_fd, (&raw mut byte).cast(), 1);
+                libc::close(read_fd);
+                if n != 1 {
+                    libc::_exit(127);
+                }
+                libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+                let msg = b"exitprof: cannot run COMMAND (execvp failed)\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
             }
-        });
+        }
+        drop(gate_read);
+        Ok(Self {
+            pid,
+            gate: Some(gate_write),
+            status: None,
+        })
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {:?}", command[0]))?;
-    drop(gate_read);
-    if let Err(e) = ready(child.id()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e.into());
+
+    fn id(&self) -> u32 {
+        self.pid.cast_unsigned()
     }
-    gate_write.write_all(&[1]).context("starting the command")?;
-    Ok(child)
+
+    /// Lets the command run.
+    fn release(&mut self) -> anyhow::Result<()> {
+        if let Some(mut gate) = self.gate.take() {
+            gate.write_all(&[1]).context("starting the command")?;
+        }
+        Ok(())
+    }
+
+    /// The exit code (128 + signal when killed), once it exited.
+    fn try_wait(&mut self) -> anyhow::Result<Option<i32>> {
+        if self.status.is_none() {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let rc = unsafe { libc::waitpid(self.pid, &raw mut status, libc::WNOHANG) };
+            if rc < 0 {
+                bail!(
+                    "waiting for the command: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            if rc == self.pid {
+                self.status = Some(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+        }
+        Ok(self.status)
+    }
+
+    /// Ends the command (SIGTERM) and reaps it.
+    fn terminate(&mut self) {
+        self.gate = None;
+        if self.status.is_none() {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
 }

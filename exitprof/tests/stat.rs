@@ -1,0 +1,269 @@
+//! `exitprof stat` against real BPF and the real `/dev/kvm`, with the
+//! built-in workload VM as the guest whose exits are known in advance.
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{EXITPROF, can_profile, count_where, exitprof, json, one_line_error};
+
+/// The acceptance run of the foundation issue: exact handler-event counts
+/// of the workload's process tree.
+#[test]
+fn stat_counts_exactly_what_the_workload_vm_did() {
+    if !can_profile("stat_counts_exactly_what_the_workload_vm_did") {
+        return;
+    }
+    let out = exitprof(&[
+        "stat",
+        "--json",
+        "--",
+        EXITPROF,
+        "vm",
+        "--cpuid",
+        "1234",
+        "--cpuid-leaf",
+        "0x7",
+        "--cpuid-subleaf",
+        "1",
+        "--pio",
+        "300",
+        "--mmio",
+        "200",
+        "--json",
+    ]);
+    // stdout holds the workload's JSON line, then stat's.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    let vm: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let snap: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(vm["userspace_exits"]["MMIO"], 400, "{vm}");
+
+    let events = &snap["events"];
+    assert_eq!(
+        count_where(&events["cpuid"], |r| r["leaf"] == 7 && r["subleaf"] == 1),
+        1234,
+        "{events}"
+    );
+    let port = 0xe9;
+    assert_eq!(
+        count_where(&events["pio"], |r| r["port"] == port && r["write"] == true),
+        300
+    );
+    assert_eq!(
+        count_where(&events["pio"], |r| r["port"] == port && r["write"] == false),
+        300
+    );
+    let gpa = 0xd000_0000_u64;
+    assert_eq!(
+        count_where(&events["mmio"], |r| r["gpa"] == gpa && r["write"] == true),
+        200
+    );
+    assert_eq!(
+        count_where(&events["mmio"], |r| r["gpa"] == gpa && r["write"] == false),
+        200
+    );
+    // Every MMIO exit reached the VMM and came back: one round trip each.
+    let mmio = events["userspace_exit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "MMIO")
+        .expect("MMIO userspace exits");
+    assert_eq!(mmio["count"], 400);
+    assert_eq!(mmio["roundtrips"], 400);
+    assert!(mmio["roundtrip_total_ns"].as_u64().unwrap() > 0);
+    assert_eq!(snap["dropped"], 0);
+    match snap["backend"].as_str().unwrap() {
+        "pvm" => {
+            assert_eq!(snap["vmexit_available"], false);
+            assert_eq!(snap["exits"].as_array().unwrap().len(), 0);
+        }
+        "svm" | "vmx" => assert_eq!(snap["vmexit_available"], true),
+        other => panic!("unexpected backend {other}"),
+    }
+}
+
+/// Only the command's tree is counted: a second VM outside it is not.
+#[test]
+fn stat_command_filter_leaves_other_vms_out() {
+    if !can_profile("stat_command_filter_leaves_other_vms_out") {
+        return;
+    }
+    let mut outsider = Command::new(EXITPROF)
+        .args([
+            "vm",
+            "--cpuid",
+            "1000",
+            "--cpuid-leaf",
+            "0x8000ffff",
+            "--rounds",
+            "0",
+            "--pause-ms",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = exitprof(&[
+        "stat",
+        "--json",
+        "--",
+        EXITPROF,
+        "vm",
+        "--cpuid",
+        "10",
+        "--cpuid-leaf",
+        "0x8000ffff",
+    ]);
+    outsider.kill().unwrap();
+    outsider.wait().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let snap: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        count_where(&snap["events"]["cpuid"], |r| r["leaf"] == 0x8000_ffff_u32),
+        10,
+        "{snap}"
+    );
+}
+
+#[test]
+fn stat_with_a_pid_that_does_not_exist() {
+    let out = exitprof(&["stat", "--pid", "4194304"]);
+    let err = one_line_error(&out);
+    assert!(err.contains("no process with pid 4194304"), "{err}");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_flags_are_one_line_errors() {
+    let out = exitprof(&["stat", "--frobnicate"]);
+    let err = one_line_error(&out);
+    assert!(err.contains("--frobnicate"), "{err}");
+    assert_eq!(out.status.code(), Some(2));
+    let out = exitprof(&["stat", "--duration", "soon"]);
+    let err = one_line_error(&out);
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+}
+
+#[test]
+fn stat_without_root_says_so() {
+    if !can_profile("stat_without_root_says_so") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            EXITPROF,
+            "stat",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out);
+    assert_eq!(
+        err.trim_end(),
+        "exitprof: exitprof needs root to load eBPF programs (CAP_BPF, CAP_PERFMON): run it with sudo"
+    );
+}
+
+/// Runs exitprof in a private mount namespace after `setup` (a shell
+/// snippet) changed what it sees under /sys/kernel.
+fn in_mount_namespace(setup: &str, args: &str) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{setup} && exec {EXITPROF} {args}"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn stat_when_tracefs_cannot_be_mounted() {
+    if !can_profile("stat_when_tracefs_cannot_be_mounted") {
+        return;
+    }
+    // An empty /sys/kernel: no tracing directory to mount tracefs on.
+    let out = in_mount_namespace("mount -t tmpfs none /sys/kernel", "stat --duration 1s");
+    let err = one_line_error(&out);
+    assert!(
+        err.starts_with("exitprof: tracefs is not mounted at /sys/kernel/tracing and mounting it failed: No such file or directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mount -t tracefs nodev /sys/kernel/tracing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stat_when_a_tracepoint_is_missing() {
+    if !can_profile("stat_when_a_tracepoint_is_missing") {
+        return;
+    }
+    // A tracing directory whose events lack kvm, as on a kernel without
+    // the kvm module.
+    let out = in_mount_namespace(
+        "mount -t tmpfs none /sys/kernel/tracing && mkdir -p /sys/kernel/tracing/events/sched",
+        "stat --duration 1s",
+    );
+    let err = one_line_error(&out);
+    assert_eq!(
+        err.trim_end(),
+        "exitprof: tracepoint kvm:kvm_cpuid does not exist in this kernel (/sys/kernel/tracing/events/kvm/kvm_cpuid/format is missing): is the kvm module loaded? (`modprobe kvm`)"
+    );
+}
+
+fn attached_exitprof_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name kvm_cpuid") || l.contains("name kvm_exit"))
+        .count()
+}
+
+/// Ctrl-C detaches every program and still prints the snapshot.
+#[test]
+fn stat_interrupted_prints_and_detaches() {
+    if !can_profile("stat_interrupted_prints_and_detaches") {
+        return;
+    }
+    assert_eq!(
+        attached_exitprof_programs(),
+        0,
+        "another exitprof is running"
+    );
+    let child = Command::new(EXITPROF)
+        .args(["stat", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        attached_exitprof_programs(),
+        2,
+        "kvm_cpuid and kvm_exit attached while running"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(snap["interval_ns"].as_u64().unwrap() >= 1_000_000_000);
+    assert_eq!(attached_exitprof_programs(), 0);
+}
