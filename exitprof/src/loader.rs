@@ -79,7 +79,21 @@ pub struct Options {
     pub filter: Filter,
     /// Also count exits per (process, vCPU, reason).
     pub breakdown: bool,
+    /// Capacity of every hash map of events (and of the breakdown), when
+    /// not the built-in one: small values show drop accounting in tests.
+    pub map_entries: Option<u32>,
 }
+
+/// The hash maps whose capacity `Options::map_entries` sets.
+const SIZED_MAPS: &[&str] = &[
+    "CPUID_EVENTS",
+    "PIO_EVENTS",
+    "MMIO_EVENTS",
+    "MSR_EVENTS",
+    "HYPERCALL_EVENTS",
+    "USERSPACE_EXITS",
+    "EXIT_BREAKDOWN",
+];
 
 /// One program and the tracepoint it belongs on.
 struct Hook {
@@ -201,8 +215,14 @@ impl Profiler {
             breakdown: u32::from(options.breakdown),
             offsets: offsets(&find)?,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CONFIG", &config, true);
+        if let Some(entries) = options.map_entries {
+            for map in SIZED_MAPS {
+                loader.map_max_entries(map, entries);
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Load(Box::new(e)))?;
         if let Filter::Tracked(pids) = &options.filter {

@@ -44,6 +44,9 @@ pub struct StatArgs {
     /// Also break exits down per VM process and vCPU.
     #[arg(long)]
     pub by_vcpu: bool,
+    /// Capacity of the event maps (testing drop accounting).
+    #[arg(long, hide = true, value_name = "N")]
+    pub map_entries: Option<u32>,
     /// The command to run and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -67,6 +70,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     let mut profiler = Profiler::start(&Options {
         filter,
         breakdown: args.by_vcpu,
+        map_entries: args.map_entries,
     })?;
     let scope = if !args.pids.is_empty() {
         let pids: Vec<String> = args.pids.iter().map(u32::to_string).collect();

@@ -267,3 +267,21 @@ fn stat_interrupted_prints_and_detaches() {
     assert!(snap["interval_ns"].as_u64().unwrap() >= 1_000_000_000);
     assert_eq!(attached_exitprof_programs(), 0);
 }
+
+/// Events that do not fit a full map are counted as dropped, never lost
+/// silently.
+#[test]
+fn stat_reports_events_dropped_by_full_maps() {
+    if !can_profile("stat_reports_events_dropped_by_full_maps") {
+        return;
+    }
+    let script = format!(
+        "{EXITPROF} vm --cpuid 5 --cpuid-leaf 1 >/dev/null && {EXITPROF} vm --cpuid 7 --cpuid-leaf 2 >/dev/null"
+    );
+    let out = exitprof(&["stat", "--json", "--map-entries", "1", "--", "sh", "-c", &script]);
+    let snap = json(&out);
+    let cpuid = &snap["events"]["cpuid"];
+    assert_eq!(count_where(cpuid, |r| r["leaf"] == 1), 5, "{snap}");
+    assert_eq!(count_where(cpuid, |r| r["leaf"] == 2), 0, "{snap}");
+    assert!(snap["dropped"].as_u64().unwrap() >= 7, "{snap}");
+}
