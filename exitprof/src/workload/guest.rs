@@ -1,0 +1,210 @@
+//! The guest program: 32-bit protected-mode code (paging off, flat
+//! segments) that reads its counts from a parameter block and performs
+//! exactly that many exits of each kind, then writes the done port.
+//!
+//! The code is assembled here by a tiny emitter: every instruction is one
+//! method with its encoding spelled out, so the bytes can be checked
+//! against the SDM without an assembler.
+
+/// Guest-physical address of the code.
+pub const CODE_GPA: u64 = 0x1000;
+/// Guest-physical address of the parameter block ([`Params`]).
+pub const PARAMS_GPA: u32 = 0x500;
+/// The port the guest writes once when it is done. Not a workload port:
+/// its one `out` is not counted with the workload's port I/O.
+pub const DONE_PORT: u16 = 0xf4;
+/// Byte the guest writes with `out`.
+pub const OUT_BYTE: u8 = 0x5a;
+
+/// The parameter block: little-endian u32 at `PARAMS_GPA + 4 * index`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// CPUID count, leaf, subleaf.
+    pub cpuid: (u32, u32, u32),
+    /// Port-I/O count (each: one `out` and one `in`) and port.
+    pub pio: (u32, u32),
+    /// MMIO count (each: one 4-byte write and one read) and address.
+    pub mmio: (u32, u32),
+    /// MSR count (each: one `rdmsr` and one `wrmsr`) and index.
+    pub msr: (u32, u32),
+    /// Hypercall count and number (rax).
+    pub hypercall: (u32, u32),
+    /// HLT count.
+    pub hlt: u32,
+}
+
+impl Params {
+    /// The block's bytes.
+    #[must_use]
+    pub fn to_bytes(self) -> Vec<u8> {
+        [
+            self.cpuid.0,
+            self.cpuid.1,
+            self.cpuid.2,
+            self.pio.0,
+            self.pio.1,
+            self.mmio.0,
+            self.mmio.1,
+            self.msr.0,
+            self.msr.1,
+            self.hypercall.0,
+            self.hypercall.1,
+            self.hlt,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}
+
+/// Address of parameter `index` (see [`Params::to_bytes`]).
+const fn param(index: u32) -> u32 {
+    PARAMS_GPA + 4 * index
+}
+
+/// The hypercall instruction of the host's vendor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Intel `vmcall`.
+    Vmcall,
+    /// AMD `vmmcall`.
+    Vmmcall,
+}
+
+/// Registers of the 32-bit encodings used here (ModRM `reg` numbers).
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Reg {
+    Eax = 0,
+    Ecx = 1,
+    Edx = 2,
+    Esi = 6,
+    Edi = 7,
+}
+
+#[derive(Default)]
+struct Asm {
+    code: Vec<u8>,
+}
+
+impl Asm {
+    /// `mov r32, [disp32]`: 8B /r, mod=00 rm=101.
+    fn load(&mut self, reg: Reg, addr: u32) {
+        self.code.extend([0x8b, (reg as u8) << 3 | 0b101]);
+        self.code.extend(addr.to_le_bytes());
+    }
+    /// `test esi, esi; jz rel32` with the target patched by `end_skip`.
+    fn skip_if_zero(&mut self) -> usize {
+        self.code.extend([0x85, 0xf6, 0x0f, 0x84, 0, 0, 0, 0]);
+        self.code.len()
+    }
+    fn end_skip(&mut self, at: usize) {
+        let rel = i32::try_from(self.code.len() - at).expect("small program");
+        self.code[at - 4..at].copy_from_slice(&rel.to_le_bytes());
+    }
+    /// `dec esi; jnz rel8` back to `top`.
+    fn loop_to(&mut self, top: usize) {
+        self.code.extend([0xff, 0xce]);
+        let rel =
+            i64::try_from(top).expect("small") - i64::try_from(self.code.len() + 2).expect("small");
+        self.code.extend([
+            0x75,
+            i8::try_from(rel)
+                .expect("loop body under 128 bytes")
+                .to_le_bytes()[0],
+        ]);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.code.extend_from_slice(b);
+    }
+    /// `esi = [count]`; if non-zero, `body` runs `esi` times.
+    fn repeat(&mut self, count: u32, body: impl Fn(&mut Self)) {
+        self.load(Reg::Esi, count);
+        let skip = self.skip_if_zero();
+        let top = self.code.len();
+        body(self);
+        self.loop_to(top);
+        self.end_skip(skip);
+    }
+}
+
+/// Assembles the program.
+#[must_use]
+pub fn program(hypercall: Hypercall) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.repeat(param(0), |a| {
+        a.load(Reg::Eax, param(1));
+        a.load(Reg::Ecx, param(2));
+        a.bytes(&[0x0f, 0xa2]); // cpuid
+    });
+    a.load(Reg::Edx, param(4));
+    a.repeat(param(3), |a| {
+        a.bytes(&[0xb0, OUT_BYTE]); // mov al, OUT_BYTE
+        a.bytes(&[0xee]); // out dx, al
+        a.bytes(&[0xec]); // in al, dx
+    });
+    a.load(Reg::Edi, param(6));
+    a.repeat(param(5), |a| {
+        a.bytes(&[0x89, 0x07]); // mov [edi], eax
+        a.bytes(&[0x8b, 0x07]); // mov eax, [edi]
+    });
+    a.repeat(param(7), |a| {
+        a.load(Reg::Ecx, param(8));
+        a.bytes(&[0x0f, 0x32]); // rdmsr
+        a.bytes(&[0x0f, 0x30]); // wrmsr (writes back what it read)
+    });
+    a.repeat(param(9), |a| {
+        a.load(Reg::Eax, param(10));
+        a.bytes(match hypercall {
+            Hypercall::Vmcall => &[0x0f, 0x01, 0xc1],
+            Hypercall::Vmmcall => &[0x0f, 0x01, 0xd9],
+        });
+    });
+    a.repeat(param(11), |a| a.bytes(&[0xf4])); // hlt
+    a.bytes(&[0xe6, u8::try_from(DONE_PORT).expect("8-bit port")]); // out DONE_PORT, al
+    a.bytes(&[0xeb, 0xfe]); // jmp $ (never reached: the VMM stops)
+    a.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_block_encoding() {
+        let code = program(Hypercall::Vmmcall);
+        // mov esi, [0x500]; test esi, esi; jz +N
+        assert_eq!(&code[..8], &[0x8b, 0x35, 0x00, 0x05, 0, 0, 0x85, 0xf6]);
+        assert_eq!(&code[8..10], &[0x0f, 0x84]);
+        let skip = i32::from_le_bytes(code[10..14].try_into().unwrap());
+        // body: mov eax,[0x504] (6) mov ecx,[0x508] (6) cpuid (2) dec esi (2) jnz (2)
+        assert_eq!(skip, 18);
+        assert_eq!(&code[14..20], &[0x8b, 0x05, 0x04, 0x05, 0, 0]);
+        assert_eq!(&code[20..26], &[0x8b, 0x0d, 0x08, 0x05, 0, 0]);
+        assert_eq!(&code[26..28], &[0x0f, 0xa2]);
+        assert_eq!(&code[28..30], &[0xff, 0xce]);
+        // jnz back to the body's start (14) from 32: -18
+        assert_eq!(&code[30..32], &[0x75, 0xee]);
+    }
+
+    #[test]
+    fn ends_with_the_done_port() {
+        let code = program(Hypercall::Vmcall);
+        assert_eq!(&code[code.len() - 4..], &[0xe6, 0xf4, 0xeb, 0xfe]);
+        assert!(code.windows(3).any(|w| w == [0x0f, 0x01, 0xc1]));
+        assert!(!code.windows(3).any(|w| w == [0x0f, 0x01, 0xd9]));
+    }
+
+    #[test]
+    fn params_layout() {
+        let p = Params {
+            cpuid: (1, 2, 3),
+            hlt: 9,
+            ..Params::default()
+        };
+        let b = p.to_bytes();
+        assert_eq!(b.len(), 48);
+        assert_eq!(&b[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
+        assert_eq!(&b[44..], &[9, 0, 0, 0]);
+    }
+}
