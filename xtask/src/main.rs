@@ -6,6 +6,7 @@
 //! - `e2e`: the nested SVM sandbox scenarios only
 
 mod sandbox;
+mod scenarios;
 mod setup;
 mod tasks;
 
