@@ -7,9 +7,9 @@
 
 mod config;
 mod counters;
-mod fork;
 mod handler_events;
 mod maps;
+mod process;
 mod userspace_roundtrip;
 mod vmexit;
 

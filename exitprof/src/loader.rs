@@ -165,6 +165,12 @@ const HOOKS: &[Hook] = &[
         event: "sched_process_fork",
         required: true,
     },
+    Hook {
+        program: "sched_process_exit",
+        category: "sched",
+        event: "sched_process_exit",
+        required: true,
+    },
 ];
 
 /// Attached programs and their maps.

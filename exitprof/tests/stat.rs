@@ -81,6 +81,17 @@ fn stat_counts_exactly_what_the_workload_vm_did() {
     assert_eq!(mmio["count"], 400);
     assert_eq!(mmio["roundtrips"], 400);
     assert!(mmio["roundtrip_total_ns"].as_u64().unwrap() > 0);
+    // Port I/O: 600 exits plus the done port's, which ends the run: no
+    // KVM_RUN follows it, so it has no round trip.
+    let io = events["userspace_exit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "IO")
+        .expect("IO userspace exits");
+    assert_eq!(io["count"], 601);
+    assert_eq!(io["roundtrips"], 600);
+    assert_eq!(count_where(&events["pio"], |r| r["port"] == 0xf4), 1);
     assert_eq!(snap["dropped"], 0);
     match snap["backend"].as_str().unwrap() {
         "pvm" => {
@@ -278,7 +289,16 @@ fn stat_reports_events_dropped_by_full_maps() {
     let script = format!(
         "{EXITPROF} vm --cpuid 5 --cpuid-leaf 1 >/dev/null && {EXITPROF} vm --cpuid 7 --cpuid-leaf 2 >/dev/null"
     );
-    let out = exitprof(&["stat", "--json", "--map-entries", "1", "--", "sh", "-c", &script]);
+    let out = exitprof(&[
+        "stat",
+        "--json",
+        "--map-entries",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
     let snap = json(&out);
     let cpuid = &snap["events"]["cpuid"];
     assert_eq!(count_where(cpuid, |r| r["leaf"] == 1), 5, "{snap}");

@@ -73,7 +73,9 @@ fn image_package(version: &str) -> anyhow::Result<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|n| {
-            let abi = n.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64")?;
+            let abi = n
+                .strip_prefix("linux-image-6.1.0-")?
+                .strip_suffix("-amd64")?;
             Some((abi.parse().ok()?, n.to_owned()))
         })
         .collect();
@@ -87,7 +89,9 @@ fn image_package(version: &str) -> anyhow::Result<String> {
             return Ok(name.clone());
         }
     }
-    bail!("no linux-image-6.1.0-*-amd64 package has version {version} (the version of linux-source-6.1)")
+    bail!(
+        "no linux-image-6.1.0-*-amd64 package has version {version} (the version of linux-source-6.1)"
+    )
 }
 
 /// Downloads and unpacks the kernel image matching `linux-source-6.1`
@@ -122,7 +126,11 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
     let vmlinuz = fs::read_dir(&boot)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .context("no vmlinuz in the image package")?;
     let release = vmlinuz
         .file_name()
@@ -150,8 +158,8 @@ const KVM_AMD_MODULES: &[&str] = &[
 /// Busybox applets the init and the scenarios use.
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "insmod", "rmmod", "cat", "echo", "grep", "sed", "sort", "uniq",
-    "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut",
-    "awk", "true", "false", "test", "[", "uname", "timeout",
+    "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut", "awk",
+    "true", "false", "test", "[", "uname", "timeout",
 ];
 
 /// One boot of the sandbox.
@@ -181,7 +189,12 @@ impl Results {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-            .with_context(|| format!("the sandbox reported no `{key}` (see {})", self.log.display()))
+            .with_context(|| {
+                format!(
+                    "the sandbox reported no `{key}` (see {})",
+                    self.log.display()
+                )
+            })
     }
 
     /// Every value of `key`.
@@ -215,7 +228,10 @@ fn init_script(npt: bool) -> String {
     let modules: Vec<String> = KVM_AMD_MODULES
         .iter()
         .map(|m| {
-            let name = Path::new(m).file_name().and_then(|n| n.to_str()).expect("name");
+            let name = Path::new(m)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name");
             if name == "kvm-amd.ko" {
                 format!("insmod /modules/{name} npt={}", u8::from(npt))
             } else {
@@ -245,7 +261,11 @@ poweroff -f
 }
 
 /// Packs an initramfs for `scenario` with `exitprof`.
-fn build_initramfs(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result<PathBuf> {
+fn build_initramfs(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+) -> anyhow::Result<PathBuf> {
     let root = sandbox_dir().join("initramfs").join(scenario.name);
     let _ = fs::remove_dir_all(&root);
     for dir in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
@@ -278,22 +298,40 @@ fn build_initramfs(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> any
 }
 
 /// Boots `scenario` and collects its results.
-pub fn run_scenario(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result<Results> {
+pub fn run_scenario(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+) -> anyhow::Result<Results> {
     let started = Instant::now();
     let initramfs = build_initramfs(kernel, exitprof, scenario)?;
     let log = sandbox_dir().join(format!("{}.log", scenario.name));
     let _ = fs::remove_file(&log);
-    println!("[sandbox] {}: booting {} (npt={})", scenario.name, kernel.release, u8::from(scenario.npt));
+    println!(
+        "[sandbox] {}: booting {} (npt={})",
+        scenario.name,
+        kernel.release,
+        u8::from(scenario.npt)
+    );
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m", "1024", "-smp", "2"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()));
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "qemu64,+svm,+npt",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+    ])
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(&initramfs)
+    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {cmd:?}"))?;
@@ -314,7 +352,12 @@ pub fn run_scenario(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> an
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    ensure!(status.success(), "QEMU failed ({status}); serial log {}:\n{}", log.display(), tail(&log));
+    ensure!(
+        status.success(),
+        "QEMU failed ({status}); serial log {}:\n{}",
+        log.display(),
+        tail(&log)
+    );
     let text = fs::read_to_string(&log).unwrap_or_default();
     let values: Vec<(String, String)> = text
         .lines()

@@ -28,7 +28,10 @@ sed -n 's/.* kvm_exit: .* reason \(.*\) rip .*/\1/p' /sys/kernel/tracing/trace |
 "#;
 
 fn ftrace_counts(results: &Results) -> anyhow::Result<Counts> {
-    ensure!(results.get("lost")? == "0", "the ftrace buffer lost events: no ground truth");
+    ensure!(
+        results.get("lost")? == "0",
+        "the ftrace buffer lost events: no ground truth"
+    );
     results
         .all("ftrace")
         .into_iter()
@@ -74,12 +77,15 @@ T=/sys/kernel/tracing
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-exitprof stat --json -- exitprof vm --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
+exitprof stat --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
 echo "@@EXITPROF stat_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
+echo "@@EXITPROF vm $(head -n 1 /tmp/stat.out)"
 echo "@@EXITPROF stat $(tail -n 1 /tmp/stat.out)"
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 {FTRACE_COUNTS}
+exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 "#
     );
     let results = run_scenario(
@@ -92,15 +98,33 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
             timeout: Duration::from_secs(300),
         },
     )?;
-    ensure!(results.get("npt")? == "Y", "kvm-amd did not come up with npt=1");
+    ensure!(
+        results.get("npt")? == "Y",
+        "kvm-amd did not come up with npt=1"
+    );
     let snap = snapshot(&results, "stat")?;
-    ensure!(results.get("stat_rc")? == "0", "exitprof stat failed: {:?}", results.all("stderr"));
-    ensure!(snap["backend"] == "svm", "backend {} (expected svm)", snap["backend"]);
-    ensure!(snap["vmexit_available"] == true, "vmexit source not available");
+    ensure!(
+        results.get("stat_rc")? == "0",
+        "exitprof stat failed: {:?}",
+        results.all("stderr")
+    );
+    ensure!(
+        snap["backend"] == "svm",
+        "backend {} (expected svm)",
+        snap["backend"]
+    );
+    ensure!(
+        snap["vmexit_available"] == true,
+        "vmexit source not available"
+    );
     let ours = exit_counts(&snap);
     let truth = ftrace_counts(&results)?;
     println!("[e2e] {:<28} {:>10} {:>10}", "reason", "exitprof", "ftrace");
-    for name in ours.keys().chain(truth.keys()).collect::<std::collections::BTreeSet<_>>() {
+    for name in ours
+        .keys()
+        .chain(truth.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         println!(
             "[e2e] {:<28} {:>10} {:>10}",
             name,
@@ -115,9 +139,15 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
         .find(|r| r["isa"] == "svm" && r["reason"] == 0x72 && r.get("pid").is_none())
         .context("no svm cpuid (0x72) row")?;
     ensure!(cpuid["name"] == "cpuid", "0x72 is named {}", cpuid["name"]);
-    ensure!(cpuid["count"] == CPUIDS, "cpuid count {} (expected exactly {CPUIDS})", cpuid["count"]);
+    ensure!(
+        cpuid["count"] == CPUIDS,
+        "cpuid count {} (expected exactly {CPUIDS})",
+        cpuid["count"]
+    );
     if ours != truth {
-        bail!("exitprof's per-reason counts differ from ftrace's: exitprof {ours:?}, ftrace {truth:?}");
+        bail!(
+            "exitprof's per-reason counts differ from ftrace's: exitprof {ours:?}, ftrace {truth:?}"
+        );
     }
     for row in snap["exits"].as_array().into_iter().flatten() {
         let (timed, total, min, max) = (
@@ -126,7 +156,7 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
             row["min_ns"].as_u64().unwrap_or(0),
             row["max_ns"].as_u64().unwrap_or(0),
         );
-        if timed == 0 {
+        if timed == 0 || row.get("pid").is_some() {
             continue;
         }
         let avg = total / timed;
@@ -135,10 +165,49 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
             "{}: durations out of order: min {min} avg {avg} max {max} total {total}",
             row["name"]
         );
-        let hist: u64 = row["hist_log2_ns"].as_array().into_iter().flatten().filter_map(Value::as_u64).sum();
-        ensure!(hist == timed, "{}: histogram holds {hist} of {timed} timed exits", row["name"]);
+        let hist: u64 = row["hist_log2_ns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum();
+        ensure!(
+            hist == timed,
+            "{}: histogram holds {hist} of {timed} timed exits",
+            row["name"]
+        );
     }
+    // The per-(process, vCPU) breakdown repeats the same exits: one VM,
+    // one vCPU (0), the workload's pid.
+    let vm = snapshot(&results, "vm")?;
+    let mut by_vcpu = Counts::new();
+    for row in snap["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("pid").is_some())
+    {
+        ensure!(
+            row["pid"] == vm["pid"],
+            "breakdown pid {} is not the workload's {}",
+            row["pid"],
+            vm["pid"]
+        );
+        ensure!(row["vcpu"] == 0, "breakdown vcpu {}", row["vcpu"]);
+        *by_vcpu
+            .entry(row["name"].as_str().unwrap_or("?").to_owned())
+            .or_default() += row["count"].as_u64().unwrap_or(0);
+    }
+    ensure!(
+        by_vcpu == ours,
+        "breakdown {by_vcpu:?} differs from the per-reason rows {ours:?}"
+    );
     ensure!(snap["dropped"] == 0, "dropped {}", snap["dropped"]);
-    println!("[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace)");
+    for line in results.all("table") {
+        println!("[e2e] | {line}");
+    }
+    println!(
+        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace)"
+    );
     Ok(())
 }

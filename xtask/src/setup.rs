@@ -9,10 +9,16 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the project needs, and why.
 const PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker links the eBPF object with LLVM 22"),
+    (
+        "llvm-22-dev",
+        "bpf-linker links the eBPF object with LLVM 22",
+    ),
     ("libzstd-dev", "bpf-linker build"),
     ("zlib1g-dev", "bpf-linker build"),
-    ("qemu-system-x86", "the nested SVM sandbox (cargo xtask e2e)"),
+    (
+        "qemu-system-x86",
+        "the nested SVM sandbox (cargo xtask e2e)",
+    ),
     ("busybox-static", "the sandbox's initramfs"),
     ("cpio", "packing the sandbox's initramfs"),
     ("bpftool", "tests check that programs are detached"),
@@ -87,7 +93,10 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
             "apt-get update failed: check that Debian's package mirror is reachable and that you are root",
         )?;
         install().with_context(|| {
-            format!("installing {missing:?} failed: run `apt-get install {}` by hand to see why", missing.join(" "))
+            format!(
+                "installing {missing:?} failed: run `apt-get install {}` by hand to see why",
+                missing.join(" ")
+            )
         })?;
     }
     Ok(())
@@ -97,7 +106,9 @@ fn ensure_nightly() -> anyhow::Result<()> {
     let has_nightly = output(Command::new("rustup").args(["toolchain", "list"]))
         .is_some_and(|s| s.lines().any(|l| l.starts_with("nightly")));
     if !has_nightly {
-        println!("[setup] installing the nightly toolchain with rust-src (eBPF builds need build-std)");
+        println!(
+            "[setup] installing the nightly toolchain with rust-src (eBPF builds need build-std)"
+        );
         run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -122,7 +133,13 @@ fn ensure_nightly() -> anyhow::Result<()> {
         println!("[setup] nightly toolchain with rust-src: present");
     } else {
         println!("[setup] adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! `sched:sched_process_fork`: children of tracked processes are tracked
-//! too, so `exitprof stat -- COMMAND` counts COMMAND's whole process tree.
+//! Process lifecycle: `sched:sched_process_fork` tracks the children of
+//! tracked processes (so `exitprof stat -- COMMAND` counts COMMAND's whole
+//! tree), `sched:sched_process_exit` reclaims a dying thread's entries in
+//! flight.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use exitprof_common::config::FILTER_TRACKED;
 
 use crate::{
     config::{config, current, offset},
-    maps::TRACKED_TGIDS,
+    maps::{PENDING_EXITS, PENDING_USERSPACE, TRACKED_TGIDS},
 };
 
 /// `sched:sched_process_fork`, run in the parent's context.
@@ -28,4 +30,15 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, i64> {
     // tell threads from processes); it is harmless, as its tgid is tracked.
     let _ = TRACKED_TGIDS.insert(&child, &1, 0);
     Ok(0)
+}
+
+/// `sched:sched_process_exit`: a thread that dies between an exit and its
+/// entry (a killed VM) leaves no entry in flight behind. The LRU maps would
+/// evict it eventually; this reclaims it at once.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let tid = current().1;
+    let _ = PENDING_EXITS.remove(&tid);
+    let _ = PENDING_USERSPACE.remove(&tid);
+    0
 }
