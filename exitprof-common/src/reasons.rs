@@ -520,8 +520,9 @@ mod tests {
         let (vmx, svm) = print_fmt_names(kernel);
         for (isa, names) in [(Isa::Vmx, &vmx), (Isa::Svm, &svm)] {
             for (code, name) in names {
-                let entry = lookup(isa, *code)
-                    .unwrap_or_else(|| panic!("{kernel}: {isa:?} {code:#x} {name} not in the table"));
+                let entry = lookup(isa, *code).unwrap_or_else(|| {
+                    panic!("{kernel}: {isa:?} {code:#x} {name} not in the table")
+                });
                 assert_eq!(entry.name, name, "{kernel}: {isa:?} {code:#x}");
             }
         }
@@ -578,10 +579,15 @@ mod tests {
     fn tables_are_sorted_unique_and_slotted() {
         for isa in [Isa::Vmx, Isa::Svm] {
             let t = table(isa);
-            assert!(t.windows(2).all(|w| w[0].code < w[1].code), "{isa:?} sorted");
+            assert!(
+                t.windows(2).all(|w| w[0].code < w[1].code),
+                "{isa:?} sorted"
+            );
             let mut slots: Vec<u32> = t.iter().map(|r| slot(isa as u32, r.code)).collect();
             assert!(
-                slots.iter().all(|&s| s != SLOT_VMX_OTHER && s != SLOT_SVM_OTHER),
+                slots
+                    .iter()
+                    .all(|&s| s != SLOT_VMX_OTHER && s != SLOT_SVM_OTHER),
                 "{isa:?}: an entry falls into an other slot"
             );
             slots.sort_unstable();
@@ -594,10 +600,16 @@ mod tests {
     fn spot_checks() {
         assert_eq!(lookup(Isa::Vmx, 10), Some(&r(10, "CPUID", D, H)));
         assert_eq!(lookup(Isa::Vmx, 35), None, "reserved in the SDM");
-        assert_eq!(lookup(Isa::Svm, 0x72).map(|e| (e.name, e.handled)), Some(("cpuid", true)));
+        assert_eq!(
+            lookup(Isa::Svm, 0x72).map(|e| (e.name, e.handled)),
+            Some(("cpuid", true))
+        );
         assert_eq!(lookup(Isa::Svm, 0x400).map(|e| e.name), Some("npf"));
         assert_eq!(lookup(Isa::Svm, 0x0a7), None, "reserved in the APM");
-        assert_eq!(lookup(Isa::Svm, 0x06e).map(|e| (e.defined, e.handled)), Some((true, false)));
+        assert_eq!(
+            lookup(Isa::Svm, 0x06e).map(|e| (e.defined, e.handled)),
+            Some((true, false))
+        );
         assert_eq!(name(Isa::Vmx, 0x8000_0021), "INVALID_STATE");
     }
 }
