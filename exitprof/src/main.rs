@@ -12,6 +12,7 @@ mod signals;
 mod snapshot;
 mod stat;
 mod tracefs;
+mod tui;
 mod workload;
 
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ use clap::{Parser, Subcommand};
 Examples:
   sudo exitprof stat -- exitprof vm --cpuid 1234 --pio 300 --mmio 200
   sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s --json
+  sudo exitprof top
   exitprof vm --cpuid 100 --hlt 5 --json"
 )]
 struct Cli {
@@ -40,6 +42,8 @@ enum Command {
     /// Count exits while COMMAND runs (or for a duration, or until
     /// Ctrl-C), then print a report.
     Stat(stat::StatArgs),
+    /// Live tables of exits, refreshed every interval (q quits, ? helps).
+    Top(tui::TopArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
     Vm(workload::VmArgs),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Stat(args) => stat::main(&args),
+        Command::Top(args) => tui::main(&args),
         Command::Vm(args) => workload::main(&args),
     };
     match result {

@@ -24,8 +24,8 @@ enum Task {
     /// Install what this machine lacks (Debian packages, nightly rust-src,
     /// bpf-linker). Idempotent.
     Setup,
-    /// Build and run the main job on the built-in workload VM.
-    Demo,
+    /// Build and run the main job (exitprof top) on the built-in workload VM.
+    Demo(tasks::DemoArgs),
     /// Run every test: unit, root integration, nested sandbox.
     Test(sandbox::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
@@ -35,7 +35,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::setup(),
-        Task::Demo => tasks::demo(),
+        Task::Demo(args) => tasks::demo(&args),
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
             setup::setup()?;

@@ -18,6 +18,29 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
     Ok(())
 }
 
+/// `cargo xtask demo --sandbox`: the workload in a loop and one interval
+/// of `exitprof top` in the sandbox, where the VM-exit view has rows.
+pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Result<()> {
+    let script = format!(
+        "exitprof {} > /dev/null &\nsleep 1\nexitprof top --once -d 3s > /tmp/top.out 2>&1\nkill %1\nwhile IFS= read -r l; do echo \"@@EXITPROF top $l\"; done < /tmp/top.out\n",
+        workload.join(" ")
+    );
+    let results = run_scenario(
+        kernel,
+        exitprof,
+        &Scenario {
+            name: "demo",
+            script: &script,
+            npt: true,
+            timeout: Duration::from_secs(300),
+        },
+    )?;
+    for line in results.all("top") {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// Shell lines that print the `kvm_exit` records ftrace holds, counted by
 /// reason name, as `@@EXITPROF ftrace <count> <name>` (names may contain
 /// spaces: `PF excp`), plus whether the trace buffer lost events.

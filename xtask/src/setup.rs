@@ -22,6 +22,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the sandbox's initramfs"),
     ("cpio", "packing the sandbox's initramfs"),
     ("bpftool", "tests check that programs are detached"),
+    ("tmux", "the exitprof top test drives the TUI in a terminal"),
 ];
 
 /// bpf-linker version that builds with LLVM 22 and aya 0.14.

@@ -33,28 +33,69 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
     Ok(root.join("target/release/exitprof"))
 }
 
-/// The built-in default: the workload VM's mix, profiled by `exitprof stat`.
+/// The built-in default workload: the workload VM's mix, in a loop.
 pub const DEMO_WORKLOAD: &[&str] = &[
-    "vm", "--cpuid", "2000", "--pio", "300", "--mmio", "200", "--msr", "100", "--hlt", "20",
+    "vm",
+    "--cpuid",
+    "2000",
+    "--pio",
+    "100",
+    "--mmio",
+    "50",
+    "--msr",
+    "20",
+    "--hlt",
+    "5",
+    "--rounds",
+    "0",
+    "--pause-ms",
+    "20",
 ];
 
-/// `cargo xtask demo`.
+/// Arguments of `cargo xtask demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Run the demo inside the nested SVM sandbox, where kvm_exit fires
+    /// (this host's KVM may not emit it, e.g. PVM).
+    #[arg(long)]
+    pub sandbox: bool,
+}
+
+/// `cargo xtask demo`: `exitprof top` on the built-in workload VM (live
+/// when stdout is a terminal, one interval as text otherwise).
 ///
 /// # Errors
 /// When setup, the build or the demo run fails.
-pub fn demo() -> anyhow::Result<()> {
+pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     setup()?;
+    if args.sandbox {
+        let kernel = sandbox::fetch_kernel()?;
+        let exitprof = build_release()?;
+        return crate::scenarios::demo(&kernel, &exitprof, DEMO_WORKLOAD);
+    }
     let exitprof = build_release()?;
-    println!(
-        "[demo] exitprof stat -- exitprof {}",
-        DEMO_WORKLOAD.join(" ")
-    );
-    run(Command::new(&exitprof)
-        .arg("stat")
-        .arg("--")
-        .arg(&exitprof)
-        .args(DEMO_WORKLOAD))
-    .context("the demo failed: see exitprof's message above")
+    println!("[demo] exitprof {} &", DEMO_WORKLOAD.join(" "));
+    let mut workload = Command::new(&exitprof)
+        .args(DEMO_WORKLOAD)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the workload VM")?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let top: &[&str] = if interactive {
+        &["top"]
+    } else {
+        &["top", "--once", "-d", "2s"]
+    };
+    println!("[demo] exitprof {} (q quits)", top.join(" "));
+    let result = run(Command::new(&exitprof).args(top));
+    let _ = workload.kill();
+    let _ = workload.wait();
+    if !interactive {
+        println!(
+            "[demo] the vmexit view needs kvm_exit: `cargo xtask demo --sandbox` shows it from the nested SVM sandbox"
+        );
+    }
+    result.context("the demo failed: see exitprof's message above")
 }
 
 /// `cargo xtask test`: unit and root integration tests, then the sandbox.

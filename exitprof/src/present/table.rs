@@ -104,7 +104,8 @@ fn direction(write: bool) -> &'static str {
     if write { "write" } else { "read" }
 }
 
-fn render_events(out: &mut String, snapshot: &Snapshot) {
+/// The exit-handler event tables (also the TUI's events view).
+pub fn render_events(out: &mut String, snapshot: &Snapshot) {
     let e = &snapshot.events;
     let _ = writeln!(out, "{:<36} {:>10}", "CPUID LEAF/SUBLEAF", "COUNT");
     for r in &e.cpuid {

@@ -1,0 +1,203 @@
+//! `exitprof top` for real: under tmux, against the workload VM running
+//! in a loop, keys sent with `send-keys`, the screen read with
+//! `capture-pane`.
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{EXITPROF, can_profile, exitprof};
+
+/// A distinctive CPUID leaf, so that the row is the workload's.
+const LEAF: &str = "0x4242";
+
+struct Workload(Child);
+
+impl Workload {
+    fn start() -> Self {
+        let child = Command::new(EXITPROF)
+            .args([
+                "vm",
+                "--cpuid",
+                "200",
+                "--cpuid-leaf",
+                LEAF,
+                "--pio",
+                "5",
+                "--rounds",
+                "0",
+                "--pause-ms",
+                "10",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pane's text, polled until `want` shows up (or 10 s pass).
+fn screen_with(session: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if screen.contains(want) || Instant::now() > deadline {
+            return screen;
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `exitprof top` in a detached 120x40 tmux session; the shell
+/// prints `TOP-EXIT=<code>` when it ends and keeps the pane open.
+fn start_top(session: &str) {
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .output();
+    let status = Command::new("tmux")
+        .args(["new-session", "-d", "-s", session, "-x", "120", "-y", "40"])
+        .arg(format!(
+            "{EXITPROF} top -d 500ms; echo TOP-EXIT=$?; sleep 30"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn top_shows_live_rows_and_restores_the_terminal() {
+    if !can_profile("top_shows_live_rows_and_restores_the_terminal") {
+        return;
+    }
+    let _workload = Workload::start();
+    let session = "exitprof-top-test";
+    start_top(session);
+    let screen = screen_with(session, "0x00004242/0x0");
+    assert!(screen.starts_with("exitprof top | backend "), "{screen}");
+    let backend = exitprof(&["stat", "--json", "--duration", "100ms"]);
+    let pvm = String::from_utf8_lossy(&backend.stdout).contains("\"backend\":\"pvm\"");
+    if pvm {
+        assert!(
+            screen.contains(
+                "note: this host's KVM backend is PVM: kvm_exit/kvm_entry are not emitted there"
+            ),
+            "{screen}"
+        );
+    }
+    // The workload's CPUID row, with a count that grows.
+    let count = |screen: &str| -> u64 {
+        let line = screen
+            .lines()
+            .find(|l| l.starts_with("0x00004242/0x0"))
+            .unwrap_or_else(|| panic!("no row for leaf {LEAF}:\n{screen}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let first = count(&screen);
+    assert!(first > 0, "{screen}");
+    sleep(Duration::from_millis(1200));
+    let later = count(&tmux(&["capture-pane", "-p", "-t", session]));
+    assert!(later > first, "the row does not move: {first} then {later}");
+
+    tmux(&["send-keys", "-t", session, "?"]);
+    let help = screen_with(session, "q, Ctrl-C   quit");
+    assert!(help.contains("┌ keys "), "{help}");
+    tmux(&["send-keys", "-t", session, "?"]);
+
+    tmux(&["send-keys", "-t", session, "q"]);
+    let after = screen_with(session, "TOP-EXIT=");
+    assert!(after.contains("TOP-EXIT=0"), "{after}");
+    // The alternate screen is gone: the TUI's header is no longer shown.
+    assert!(!after.contains("exitprof top | backend"), "{after}");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .output();
+}
+
+#[test]
+fn top_ends_cleanly_on_sigterm() {
+    if !can_profile("top_ends_cleanly_on_sigterm") {
+        return;
+    }
+    let session = "exitprof-top-sigterm";
+    start_top(session);
+    let screen = screen_with(session, "exitprof top | backend");
+    assert!(screen.contains("exitprof top | backend"), "{screen}");
+    let pid = tmux(&["list-panes", "-t", session, "-F", "#{pane_pid}"]);
+    let shell: u32 = pid.trim().parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let top: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: signalling the test's own exitprof.
+    unsafe { libc::kill(top, libc::SIGTERM) };
+    let after = screen_with(session, "TOP-EXIT=");
+    assert!(after.contains("TOP-EXIT=0"), "{after}");
+    assert!(!after.contains("exitprof top | backend"), "{after}");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .output();
+}
+
+#[test]
+fn top_once_prints_tables_and_exits() {
+    if !can_profile("top_once_prints_tables_and_exits") {
+        return;
+    }
+    let _workload = Workload::start();
+    let out = exitprof(&["top", "--once", "-d", "700ms"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("exitprof: backend "), "{text}");
+    assert!(text.contains("0x00004242/0x0"), "{text}");
+    assert!(text.ends_with("dropped: 0\n"), "{text}");
+}
+
+#[test]
+fn top_json_streams_one_interval_per_line() {
+    if !can_profile("top_json_streams_one_interval_per_line") {
+        return;
+    }
+    let _workload = Workload::start();
+    let child = Command::new(EXITPROF)
+        .args(["top", "--json", "-d", "400ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{text}");
+    for snap in &lines {
+        let interval = snap["interval_ns"].as_u64().unwrap();
+        assert!(
+            (350_000_000..1_000_000_000).contains(&interval),
+            "{interval}"
+        );
+        let cpuid = common::count_where(&snap["events"]["cpuid"], |r| r["leaf"] == 0x4242);
+        assert!(cpuid > 0, "{snap}");
+    }
+}
