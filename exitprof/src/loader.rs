@@ -272,12 +272,6 @@ impl Profiler {
             .map_err(|e| map_error("TRACKED_TGIDS", e))
     }
 
-    /// The host's KVM backend.
-    #[must_use]
-    pub const fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// Whether userspace round trips are measured (`sys_enter_ioctl`).
     #[must_use]
     pub fn measures_roundtrips(&self) -> bool {

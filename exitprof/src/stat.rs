@@ -72,6 +72,11 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         breakdown: args.by_vcpu,
         map_entries: args.map_entries,
     })?;
+    if !profiler.measures_roundtrips() {
+        eprintln!(
+            "exitprof: note: syscalls:sys_enter_ioctl is missing (CONFIG_FTRACE_SYSCALLS): userspace round trips are not measured"
+        );
+    }
     let scope = if !args.pids.is_empty() {
         let pids: Vec<String> = args.pids.iter().map(u32::to_string).collect();
         format!("pid {} and children", pids.join(","))

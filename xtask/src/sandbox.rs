@@ -308,9 +308,10 @@ pub fn run_scenario(
     let log = sandbox_dir().join(format!("{}.log", scenario.name));
     let _ = fs::remove_file(&log);
     println!(
-        "[sandbox] {}: booting {} (npt={})",
+        "[sandbox] {}: booting {} ({}, npt={})",
         scenario.name,
         kernel.release,
+        kernel.package_version,
         u8::from(scenario.npt)
     );
     let mut cmd = Command::new("qemu-system-x86_64");
