@@ -105,9 +105,17 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
         println!("[sandbox] downloading {package} {version}");
         let debs = sandbox_dir().join("debs");
         fs::create_dir_all(&debs)?;
-        run(Command::new("apt-get")
-            .args(["download", &format!("{package}={version}")])
-            .current_dir(&debs))?;
+        let download = || {
+            run(Command::new("apt-get")
+                .args(["download", &format!("{package}={version}")])
+                .current_dir(&debs))
+        };
+        if download().is_err() {
+            // Lists older than the mirror name files it no longer has.
+            println!("[sandbox] download failed; refreshing package lists and retrying");
+            run(Command::new("apt-get").arg("update"))?;
+            download()?;
+        }
         let deb = fs::read_dir(&debs)?
             .filter_map(Result::ok)
             .map(|e| e.path())

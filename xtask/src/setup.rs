@@ -82,25 +82,22 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     for (p, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         println!("[setup] installing {p} ({why})");
     }
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install().is_err() {
-        println!("[setup] apt-get install failed; refreshing package lists and retrying");
-        run(Command::new("apt-get").arg("update")).context(
-            "apt-get update failed: check that Debian's package mirror is reachable and that you are root",
-        )?;
-        install().with_context(|| {
-            format!(
-                "installing {missing:?} failed: run `apt-get install {}` by hand to see why",
-                missing.join(" ")
-            )
-        })?;
-    }
-    Ok(())
+    // A fresh machine's package lists may be old or absent: refresh them
+    // once, before the first install (a second setup run never gets here).
+    println!("[setup] apt-get update");
+    run(Command::new("apt-get").arg("update")).context(
+        "apt-get update failed: check that Debian's package mirror is reachable and that you are root",
+    )?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| {
+        format!(
+            "installing {missing:?} failed: run `apt-get install {}` by hand to see why",
+            missing.join(" ")
+        )
+    })
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
