@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
             setup::setup()?;
-            sandbox::e2e(&args)
+            sandbox::e2e(&args).map(|_| ())
         }
     }
 }

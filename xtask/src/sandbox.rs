@@ -398,8 +398,8 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// `cargo xtask e2e`: every scenario.
-pub fn e2e(args: &E2eArgs) -> anyhow::Result<()> {
+/// `cargo xtask e2e`: every scenario; returns how many passed.
+pub fn e2e(args: &E2eArgs) -> anyhow::Result<u64> {
     let kernel = fetch_kernel()?;
     let exitprof = crate::tasks::build_release()?;
     scenarios::run_all(&kernel, &exitprof, args.only.as_deref())

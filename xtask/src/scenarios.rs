@@ -9,13 +9,16 @@ use crate::sandbox::{Counts, Kernel, Results, Scenario, run_scenario};
 /// CPUIDs of the vmexit scenario's workload.
 const CPUIDS: u64 = 5000;
 
-/// Runs every scenario whose name contains `only` (all without it).
-pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::Result<()> {
+/// Runs every scenario whose name contains `only` (all without it);
+/// returns how many ran (and passed).
+pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::Result<u64> {
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
+    let mut passed = 0;
     if wanted("vmexit-ground-truth") {
         vmexit_ground_truth(kernel, exitprof)?;
+        passed += 1;
     }
-    Ok(())
+    Ok(passed)
 }
 
 /// `cargo xtask demo --sandbox`: the workload in a loop and one interval

@@ -99,6 +99,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask test`: unit and root integration tests, then the sandbox.
+/// Ends with one `N passed, N failed` line over everything that ran.
 ///
 /// # Errors
 /// When any test fails.
@@ -109,9 +110,51 @@ pub fn test(args: &sandbox::E2eArgs) -> anyhow::Result<()> {
     // Root tests share kernel state (attached programs, tracefs): one at a
     // time.
     println!("[test] cargo test (unit and integration tests, one thread)");
-    run(Command::new("cargo")
-        .args(["test", "--", "--test-threads=1"])
-        .current_dir(&root))?;
+    let (passed, failed) = cargo_test(&root)?;
     println!("[test] nested SVM sandbox");
-    sandbox::e2e(args)
+    let scenarios = sandbox::e2e(args);
+    let (e2e_passed, e2e_failed) = match &scenarios {
+        Ok(n) => (*n, 0),
+        Err(_) => (0, 1),
+    };
+    println!(
+        "{} passed, {} failed",
+        passed + e2e_passed,
+        failed + e2e_failed
+    );
+    scenarios.map(|_| ())?;
+    anyhow::ensure!(failed == 0, "{failed} cargo test(s) failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:`
+/// lines.
+fn cargo_test(root: &Path) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new("cargo")
+        .args(["test", "--", "--test-threads=1"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to run cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                match (words.next(), words.next()) {
+                    (Some("passed"), Some(n)) => passed += n.parse::<u64>().unwrap_or(0),
+                    (Some("failed"), Some(n)) => failed += n.parse::<u64>().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        failed = 1; // a build failure or a crash: no result line
+    }
+    Ok((passed, failed))
 }
