@@ -97,6 +97,8 @@ pub enum Input {
 pub enum Action {
     /// A new cumulative snapshot.
     Data(Box<Snapshot>),
+    /// Command names of VMM processes (pid → comm).
+    ProcessNames(BTreeMap<u32, String>),
     /// Quit.
     Quit,
     /// Show this view.
@@ -142,10 +144,15 @@ pub struct App {
     pub sort: SortBy,
     /// Selected row of the exit table.
     pub selected: usize,
-    /// Substring a reason name must contain.
+    /// Regular expression a reason name must match (a plain substring
+    /// while it does not compile).
     pub reason_filter: String,
-    /// Pid the vCPU view shows, if any.
+    /// The VM to show: a pid, or a substring of the VMM's command name.
+    /// The exit and vCPU views then show only that VM's exits.
     pub pid_filter: String,
+    /// Command names of the VMM processes seen (pid → comm), kept by the
+    /// loop (drawing does no I/O).
+    pub comms: BTreeMap<u32, String>,
     /// What typing goes to.
     pub input: Input,
     /// Data is ignored while paused.
@@ -182,6 +189,7 @@ impl App {
             selected: 0,
             reason_filter: String::new(),
             pid_filter: String::new(),
+            comms: BTreeMap::new(),
             input: Input::None,
             paused: false,
             help: false,
@@ -217,6 +225,7 @@ impl App {
                 }
                 self.previous = Some(std::mem::replace(&mut self.latest, snapshot));
             }
+            Action::ProcessNames(names) => self.comms.extend(names),
             Action::Quit => self.quit = true,
             Action::Show(view) => self.view = view,
             Action::NextView => {
@@ -240,8 +249,8 @@ impl App {
             }
             Action::Type(c) => match self.input {
                 Input::Reason => self.reason_filter.push(c),
-                Input::Pid if c.is_ascii_digit() => self.pid_filter.push(c),
-                _ => {}
+                Input::Pid => self.pid_filter.push(c),
+                Input::None => {}
             },
             Action::Backspace => {
                 let _ = match self.input {
@@ -298,16 +307,75 @@ impl App {
             .map_or(0, |i| per_second(i.total_exits(), i.interval_ns))
     }
 
-    /// The exit table's rows: per reason since the baseline, filtered and
-    /// sorted.
+    /// Whether `name` passes the reason filter.
+    fn reason_matches(&self, name: &str) -> bool {
+        if self.reason_filter.is_empty() {
+            return true;
+        }
+        match regex_lite::Regex::new(&self.reason_filter) {
+            Ok(re) => re.is_match(name),
+            Err(_) => name.contains(self.reason_filter.as_str()),
+        }
+    }
+
+    /// Whether the reason filter is an invalid regular expression (it is
+    /// then used as a substring).
+    #[must_use]
+    pub fn reason_filter_invalid(&self) -> bool {
+        regex_lite::Regex::new(&self.reason_filter).is_err()
+    }
+
+    /// Whether the VM of `pid` passes the VM filter.
+    fn vm_matches(&self, pid: Option<u32>) -> bool {
+        if self.pid_filter.is_empty() {
+            return true;
+        }
+        let Some(pid) = pid else { return false };
+        match self.pid_filter.parse::<u32>() {
+            Ok(wanted) => pid == wanted,
+            Err(_) => self
+                .comms
+                .get(&pid)
+                .is_some_and(|c| c.contains(self.pid_filter.as_str())),
+        }
+    }
+
+    /// The exit table's rows since the baseline, filtered and sorted: per
+    /// reason, or, with a VM filter, that VM's per-vCPU rows summed by
+    /// reason (without min and histogram, which the breakdown lacks).
     #[must_use]
     pub fn exit_rows(&self) -> Vec<ExitRow> {
-        let mut rows: Vec<ExitRow> = self
-            .shown()
-            .reason_rows()
-            .filter(|r| r.name.contains(self.reason_filter.as_str()))
-            .cloned()
-            .collect();
+        let shown = self.shown();
+        let mut rows: Vec<ExitRow> = if self.pid_filter.is_empty() {
+            shown.reason_rows().cloned().collect()
+        } else {
+            let mut by_reason: BTreeMap<(String, u32), ExitRow> = BTreeMap::new();
+            for r in shown
+                .exits
+                .iter()
+                .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
+            {
+                let sum = by_reason
+                    .entry((r.isa.clone(), r.reason))
+                    .or_insert_with(|| ExitRow {
+                        pid: None,
+                        vcpu: None,
+                        count: 0,
+                        timed: 0,
+                        total_ns: 0,
+                        min_ns: 0,
+                        max_ns: 0,
+                        hist_log2_ns: Vec::new(),
+                        ..r.clone()
+                    });
+                sum.count += r.count;
+                sum.timed += r.timed;
+                sum.total_ns += r.total_ns;
+                sum.max_ns = sum.max_ns.max(r.max_ns);
+            }
+            by_reason.into_values().collect()
+        };
+        rows.retain(|r| self.reason_matches(&r.name));
         let key = |r: &ExitRow| match self.sort {
             SortBy::Count => r.count,
             SortBy::Rate => self.rate(&r.name),
@@ -324,17 +392,15 @@ impl App {
         rows
     }
 
-    /// The breakdown rows since the baseline, filtered by pid and reason.
+    /// The breakdown rows since the baseline, filtered by VM and reason.
     #[must_use]
     pub fn vcpu_rows(&self) -> Vec<ExitRow> {
-        let pid: Option<u32> = self.pid_filter.parse().ok();
         let mut rows: Vec<ExitRow> = self
             .shown()
             .exits
             .into_iter()
-            .filter(|r| r.pid.is_some())
-            .filter(|r| pid.is_none_or(|p| r.pid == Some(p)))
-            .filter(|r| r.name.contains(self.reason_filter.as_str()))
+            .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
+            .filter(|r| self.reason_matches(&r.name))
             .collect();
         rows.sort_by(|a, b| {
             b.count
@@ -431,15 +497,94 @@ pub(crate) mod tests {
         }
         app.update(Action::EndInput);
         assert_eq!(names(&app.exit_rows()), ["hlt"]);
+        // A regular expression.
+        app.update(Action::StartInput(Input::Reason));
+        for c in "^(cpu|io)".chars() {
+            app.update(Action::Type(c));
+        }
+        app.update(Action::EndInput);
+        assert_eq!(names(&app.exit_rows()), ["cpuid", "io"]);
+        // An invalid one is a substring.
+        app.update(Action::StartInput(Input::Reason));
+        for c in "hl(".chars() {
+            app.update(Action::Type(c));
+        }
+        app.update(Action::Backspace);
+        assert!(!app.reason_filter_invalid());
+        app.update(Action::Type('('));
+        assert!(app.reason_filter_invalid());
+        assert!(app.exit_rows().is_empty(), "no name contains \"hl(\"");
+        app.update(Action::Backspace);
+        app.update(Action::EndInput);
         app.update(Action::StartInput(Input::Pid));
         for c in "4x2".chars() {
             app.update(Action::Type(c));
         }
         app.update(Action::Backspace);
-        assert_eq!(app.pid_filter, "4");
+        assert_eq!(app.pid_filter, "4x");
         app.update(Action::CancelInput);
         assert_eq!((app.pid_filter.as_str(), app.input), ("", Input::None));
         assert_eq!(names(&app.exit_rows()), ["hlt"], "the reason filter stays");
+    }
+
+    /// `(pid, vcpu, name, code, count)` breakdown rows added to `s`.
+    fn with_breakdown(mut s: Snapshot, rows: &[(u32, u32, &str, u32, u64)]) -> Snapshot {
+        for &(pid, vcpu, name, reason, count) in rows {
+            s.exits.push(ExitRow {
+                isa: "svm".into(),
+                reason,
+                name: name.into(),
+                pid: Some(pid),
+                vcpu: Some(vcpu),
+                count,
+                timed: count,
+                total_ns: count * 1_000,
+                max_ns: 2_000,
+                ..ExitRow::default()
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn vm_filter_by_pid_or_name() {
+        let mut app = App::new(snap(0, &[]), "h".into(), "NPT on".into());
+        let s = with_breakdown(
+            snap(1, &[("cpuid", 0x72, 30), ("hlt", 0x78, 4)]),
+            &[
+                (10, 0, "cpuid", 0x72, 10),
+                (10, 1, "cpuid", 0x72, 5),
+                (20, 0, "cpuid", 0x72, 15),
+                (20, 0, "hlt", 0x78, 4),
+            ],
+        );
+        app.update(Action::Data(Box::new(s)));
+        app.update(Action::ProcessNames(BTreeMap::from([
+            (10, "qemu-web".into()),
+            (20, "qemu-db".into()),
+        ])));
+        let typed = |app: &mut App, text: &str| {
+            app.update(Action::StartInput(Input::Pid));
+            for c in text.chars() {
+                app.update(Action::Type(c));
+            }
+            app.update(Action::EndInput);
+        };
+        typed(&mut app, "10");
+        let rows = app.exit_rows();
+        assert_eq!(names(&rows), ["cpuid"]);
+        assert_eq!(
+            (rows[0].count, rows[0].pid),
+            (15, None),
+            "vCPUs 0 and 1 of pid 10"
+        );
+        assert_eq!(app.vcpu_rows().len(), 2);
+        typed(&mut app, "db");
+        assert_eq!(names(&app.exit_rows()), ["cpuid", "hlt"]);
+        assert_eq!(app.exit_rows()[0].count, 15);
+        typed(&mut app, "nope");
+        assert!(app.exit_rows().is_empty());
+        assert!(app.vcpu_rows().is_empty());
     }
 
     #[test]

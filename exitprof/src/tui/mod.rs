@@ -43,6 +43,10 @@ pub struct TopArgs {
     /// Print one JSON snapshot per interval (counts of that interval).
     #[arg(long, conflicts_with = "once")]
     pub json: bool,
+    /// Load test of exitprof itself: fill the per-vCPU map with this many
+    /// synthetic vCPUs × 30 reasons before starting.
+    #[arg(long, hide = true, value_name = "VCPUS")]
+    pub load_test_vcpus: Option<u32>,
 }
 
 /// Runs `exitprof top`.
@@ -55,7 +59,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
     } else {
         Filter::Tracked(args.pids.clone())
     };
-    let profiler = Profiler::start(&Options {
+    let mut profiler = Profiler::start(&Options {
         filter,
         breakdown: true,
         map_entries: None,
@@ -79,7 +83,12 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let mut terminal = ratatui::init();
-    let result = runtime.block_on(run(&mut terminal, &profiler, args.delay));
+    let result = runtime.block_on(run(
+        &mut terminal,
+        &mut profiler,
+        args.delay,
+        args.load_test_vcpus,
+    ));
     // Restored on every path out of `run`, errors included (and by
     // ratatui's panic hook on a panic).
     ratatui::restore();
@@ -126,6 +135,23 @@ pub fn paging_mode() -> String {
     "n/a".to_owned()
 }
 
+/// `/proc/<pid>/comm` of the VMM processes in `snapshot` not in `known`.
+fn new_process_names(
+    snapshot: &crate::snapshot::Snapshot,
+    known: &std::collections::BTreeMap<u32, String>,
+) -> std::collections::BTreeMap<u32, String> {
+    snapshot
+        .exits
+        .iter()
+        .filter_map(|r| r.pid)
+        .filter(|pid| !known.contains_key(pid))
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            Some((pid, comm.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// Keys to actions; `None` for keys that do nothing.
 #[must_use]
 pub fn action_for(key: KeyEvent, input: Input) -> Option<Action> {
@@ -154,7 +180,7 @@ pub fn action_for(key: KeyEvent, input: Input) -> Option<Action> {
         KeyCode::Tab => Action::NextView,
         KeyCode::Char('s') => Action::NextSort,
         KeyCode::Char('/') => Action::StartInput(Input::Reason),
-        KeyCode::Char('p') => Action::StartInput(Input::Pid),
+        KeyCode::Char('v') | KeyCode::Char('p') => Action::StartInput(Input::Pid),
         KeyCode::Char('r') => Action::Reset,
         KeyCode::Char(' ') => Action::TogglePause,
         KeyCode::Up => Action::Select(-1),
@@ -191,12 +217,17 @@ fn spawn_input() -> mpsc::UnboundedReceiver<Event> {
 
 async fn run(
     terminal: &mut ratatui::DefaultTerminal,
-    profiler: &Profiler,
+    profiler: &mut Profiler,
     delay: Duration,
+    load_test_vcpus: Option<u32>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let started = Instant::now();
     let mut app = App::new(profiler.snapshot()?, hostname(), paging_mode());
+    if let Some(vcpus) = load_test_vcpus {
+        // After the baseline, so the synthetic rows show as new exits.
+        profiler.fill_breakdown_for_load_test(vcpus, 30)?;
+    }
     let mut input = spawn_input();
     let mut tick = tokio::time::interval(delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +237,14 @@ async fn run(
         app.uptime_s = started.elapsed().as_secs();
         terminal.draw(|frame| frame.render_widget(&app, frame.area()))?;
         let action = tokio::select! {
-            _ = tick.tick() => Some(Action::Data(Box::new(profiler.snapshot()?))),
+            _ = tick.tick() => {
+                let snapshot = profiler.snapshot()?;
+                let names = new_process_names(&snapshot, &app.comms);
+                if !names.is_empty() {
+                    app.update(Action::ProcessNames(names));
+                }
+                Some(Action::Data(Box::new(snapshot)))
+            }
             ev = input.recv() => match ev {
                 Some(Event::Key(key)) => action_for(key, app.input),
                 Some(_) => None, // resize: redraw

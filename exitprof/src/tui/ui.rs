@@ -105,10 +105,15 @@ impl App {
         }
         spans.push(Span::raw(format!(" sort: {}", self.sort.label())));
         if !self.reason_filter.is_empty() || self.input == Input::Reason {
-            spans.push(Span::raw(format!(" | reason: {}", self.reason_filter)));
+            let how = if self.reason_filter_invalid() {
+                " (no regex: substring)"
+            } else {
+                ""
+            };
+            spans.push(Span::raw(format!(" | reason: {}{how}", self.reason_filter)));
         }
         if !self.pid_filter.is_empty() || self.input == Input::Pid {
-            spans.push(Span::raw(format!(" | pid: {}", self.pid_filter)));
+            spans.push(Span::raw(format!(" | vm: {}", self.pid_filter)));
         }
         Line::from(spans).render(area, buf);
     }
@@ -195,8 +200,10 @@ impl App {
             .vcpu_rows()
             .iter()
             .map(|r| {
+                let pid = r.pid.unwrap_or_default();
                 Row::new(vec![
-                    r.pid.unwrap_or_default().to_string(),
+                    pid.to_string(),
+                    self.comms.get(&pid).cloned().unwrap_or_default(),
                     r.vcpu.unwrap_or_default().to_string(),
                     r.name.clone(),
                     r.count.to_string(),
@@ -211,10 +218,13 @@ impl App {
                 .render(area, buf);
             return;
         }
-        let header = Row::new(vec!["PID", "VCPU", "REASON", "COUNT", "TIME", "AVG", "MAX"])
-            .style(Style::new().add_modifier(Modifier::BOLD));
+        let header = Row::new(vec![
+            "PID", "VM", "VCPU", "REASON", "COUNT", "TIME", "AVG", "MAX",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD));
         let widths = [
             Constraint::Length(8),
+            Constraint::Length(16),
             Constraint::Length(5),
             Constraint::Min(12),
             Constraint::Length(9),
@@ -261,10 +271,10 @@ impl App {
 
     fn footer(&self, area: Rect, buf: &mut Buffer) {
         let text = match self.input {
-            Input::Reason => "type a reason substring, Enter to apply, Esc to clear".to_owned(),
-            Input::Pid => "type a pid, Enter to apply, Esc to clear".to_owned(),
+            Input::Reason => "type a reason regex, Enter to apply, Esc to clear".to_owned(),
+            Input::Pid => "type a VM's pid or command name, Enter to apply, Esc to clear".to_owned(),
             Input::None => {
-                "q quit  ? help  1-4/Tab views  s sort  / reason  p pid  r reset  space pause  ↑↓ select".to_owned()
+                "q quit  ? help  1-4/Tab views  s sort  / reason  v vm  r reset  space pause  ↑↓ select".to_owned()
             }
         };
         Line::from(text).reversed().render(area, buf);
@@ -276,8 +286,8 @@ impl App {
             "?           this help",
             "1 2 3 4     exits, events, vcpus, histogram; Tab: next view",
             "s           sort the exit table: count, rate, time, avg, max, name",
-            "/           filter reasons by substring (Enter applies, Esc clears)",
-            "p           filter the vcpu view by pid",
+            "/           filter reasons by regex (Enter applies, Esc clears)",
+            "v, p        show one VM: its pid or command name",
             "r           reset: count from now on",
             "space       pause/resume",
             "↑ ↓         select a reason (its histogram is view 4)",
@@ -356,7 +366,7 @@ mod tests {
             l[4],
             "hlt               0x78   20        10       6.25%   20.00 us   6.25%   1.00 us    500 ns     1.12 us    ██"
         );
-        assert!(l[7].starts_with("q quit  ? help  1-4/Tab views"));
+        assert!(l[7].starts_with("q quit  ? help  1-4/Tab views  s sort  / reason  v vm"));
     }
 
     #[test]
