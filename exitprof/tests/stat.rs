@@ -72,23 +72,22 @@ fn stat_counts_exactly_what_the_workload_vm_did() {
         200
     );
     // Every MMIO exit reached the VMM and came back: one round trip each.
-    let mmio = events["userspace_exit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "MMIO")
-        .expect("MMIO userspace exits");
+    let userspace = |name: &str| {
+        events["userspace_exit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} userspace exits: {events}"))
+            .clone()
+    };
+    let mmio = userspace("MMIO");
     assert_eq!(mmio["count"], 400);
     assert_eq!(mmio["roundtrips"], 400);
     assert!(mmio["roundtrip_total_ns"].as_u64().unwrap() > 0);
     // Port I/O: 600 exits plus the done port's, which ends the run: no
     // KVM_RUN follows it, so it has no round trip.
-    let io = events["userspace_exit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "IO")
-        .expect("IO userspace exits");
+    let io = userspace("IO");
     assert_eq!(io["count"], 601);
     assert_eq!(io["roundtrips"], 600);
     assert_eq!(count_where(&events["pio"], |r| r["port"] == 0xf4), 1);

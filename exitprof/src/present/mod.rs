@@ -2,6 +2,8 @@
 //! They never touch maps.
 pub mod table;
 
+use crate::snapshot::ExitRow;
+
 /// `1.23 us`, `45.6 ms`, `2.00 s`: three significant digits.
 #[must_use]
 pub fn duration(ns: u64) -> String {
@@ -27,6 +29,20 @@ pub fn percent(part: u64, whole: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "display only")]
     let p = part as f64 * 100.0 / whole as f64;
     format!("{p:.2}%")
+}
+
+/// The measured columns of an exit row, as every presenter shows them:
+/// count%, total time, time%, avg, min, max.
+#[must_use]
+pub fn exit_columns(row: &ExitRow, total: u64, total_ns: u64) -> [String; 6] {
+    [
+        percent(row.count, total),
+        duration(row.total_ns),
+        percent(row.total_ns, total_ns),
+        duration(row.avg_ns()),
+        duration(row.min_ns),
+        duration(row.max_ns),
+    ]
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     backend::Backend,
-    present::{duration, percent},
+    present::{duration, exit_columns},
     snapshot::Snapshot,
 };
 
@@ -56,17 +56,11 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
     );
     for r in &rows {
         let label = format!("{} ({:#x})", r.name, r.reason);
+        let [count_pct, time, time_pct, avg, min, max] = exit_columns(r, total, total_ns);
         let _ = writeln!(
             out,
-            "{:<28} {:>10} {:>8} {:>11} {:>8} {:>10} {:>10} {:>10}",
-            label,
+            "{label:<28} {:>10} {count_pct:>8} {time:>11} {time_pct:>8} {avg:>10} {min:>10} {max:>10}",
             r.count,
-            percent(r.count, total),
-            duration(r.total_ns),
-            percent(r.total_ns, total_ns),
-            duration(r.avg_ns()),
-            duration(r.min_ns),
-            duration(r.max_ns),
         );
     }
     let _ = writeln!(

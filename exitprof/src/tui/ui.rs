@@ -11,7 +11,7 @@ use ratatui::{
 use super::app::{App, Input, View};
 use crate::{
     backend::Backend,
-    present::{duration, percent, table::render_events},
+    present::{duration, exit_columns, table::render_events},
 };
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -132,19 +132,15 @@ impl App {
                     .get(&r.name)
                     .map(|h| sparkline(h.iter().copied()))
                     .unwrap_or_default();
-                let row = Row::new(vec![
+                let mut cells = vec![
                     r.name.clone(),
                     format!("{:#x}", r.reason),
                     r.count.to_string(),
                     self.rate(&r.name).to_string(),
-                    percent(r.count, total),
-                    duration(r.total_ns),
-                    percent(r.total_ns, total_ns),
-                    duration(r.avg_ns()),
-                    duration(r.min_ns),
-                    duration(r.max_ns),
-                    trend,
-                ]);
+                ];
+                cells.extend(exit_columns(r, total, total_ns));
+                cells.push(trend);
+                let row = Row::new(cells);
                 if i == self.selected {
                     row.style(Style::new().reversed())
                 } else {
