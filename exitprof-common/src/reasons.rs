@@ -91,11 +91,11 @@ pub fn slot(isa: u32, code: u32) -> u32 {
         }
     } else if code < 0x100 {
         SLOT_SVM_LOW_BASE + code
-    } else if code >= 0x400 && code < 0x410 {
+    } else if (0x400..0x410).contains(&code) {
         SLOT_SVM_HIGH_BASE + (code - 0x400)
-    } else if code >= 0x8000_0000 && code < 0x8000_0020 {
+    } else if (0x8000_0000..0x8000_0020).contains(&code) {
         SLOT_SVM_SW_BASE + (code - 0x8000_0000)
-    } else if code >= 0x8000_fffd && code <= 0x8000_ffff {
+    } else if (0x8000_fffd..=0x8000_ffff).contains(&code) {
         SLOT_SVM_SW_TOP_BASE + (code - 0x8000_fffd)
     } else if code == 0xffff_ffff {
         SLOT_SVM_INVALID

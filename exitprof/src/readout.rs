@@ -125,7 +125,7 @@ fn counts<K: aya::Pod + Ord>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<(K, 
         let (key, per_cpu): (K, PerCpuValues<u64>) = item.map_err(err(name))?;
         out.push((key, per_cpu.iter().sum()));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|a| a.0);
     Ok(out)
 }
 

@@ -89,11 +89,9 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let mut child = GatedChild::fork(&args.command)?;
-        if tracked_command {
-            if let Err(e) = profiler.track(child.id()) {
-                child.terminate();
-                return Err(e.into());
-            }
+        if tracked_command && let Err(e) = profiler.track(child.id()) {
+            child.terminate();
+            return Err(e.into());
         }
         child.release()?;
         Some(child)
@@ -101,11 +99,11 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut status = None;
     loop {
-        if let Some(c) = child.as_mut() {
-            if let Some(s) = c.try_wait()? {
-                status = Some(s);
-                break;
-            }
+        if let Some(c) = child.as_mut()
+            && let Some(s) = c.try_wait()?
+        {
+            status = Some(s);
+            break;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) || signals::received().is_some() {
             break;

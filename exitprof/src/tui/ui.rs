@@ -21,13 +21,9 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 pub fn sparkline(points: impl Iterator<Item = u64> + Clone) -> String {
     let max = points.clone().max().unwrap_or(0);
     points
-        .map(|p| {
-            if max == 0 {
-                ' '
-            } else {
-                let i = usize::try_from(p * 7 / max).unwrap_or(7);
-                SPARK[i.min(7)]
-            }
+        .map(|p| match (p * 7).checked_div(max) {
+            None => ' ',
+            Some(i) => SPARK[usize::try_from(i).unwrap_or(7).min(7)],
         })
         .collect()
 }
@@ -253,7 +249,7 @@ impl App {
             if n == 0 {
                 continue;
             }
-            let len = if max == 0 { 0 } else { n * bar_width / max };
+            let len = (n * bar_width).checked_div(max).unwrap_or(0);
             lines.push(Line::from(format!(
                 "{:>10} .. {:<10} {:>9} {}",
                 duration(1 << i),
