@@ -6,15 +6,24 @@ use std::process::{Command, Output};
 /// The binary under test.
 pub const EXITPROF: &str = env!("CARGO_BIN_EXE_exitprof");
 
-/// Whether this machine can run the root tests (root, BPF, `/dev/kvm`).
-/// Under `CI=true` a missing capability fails the test instead of
-/// skipping it: CI machines have all three.
-pub fn can_profile(test: &str) -> bool {
+/// Root tests share kernel state (attached programs, tracefs): they hold
+/// this lock, so they run one at a time even under a parallel `cargo test`.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A guard that serializes the root tests, when this machine can run them
+/// (root, BPF, `/dev/kvm`); `None` when it cannot. Under `CI=true` a
+/// missing capability fails the test instead of skipping it: CI machines
+/// have all three.
+pub fn can_profile(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let kvm = std::path::Path::new("/dev/kvm").exists();
     if root && kvm {
-        return true;
+        return Some(
+            SERIAL
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
     }
     let why = format!("{test} needs root and /dev/kvm (root: {root}, /dev/kvm: {kvm})");
     assert!(
@@ -22,7 +31,7 @@ pub fn can_profile(test: &str) -> bool {
         "{why}; CI machines have both, so this is a failure there"
     );
     eprintln!("SKIPPED: {why}");
-    false
+    None
 }
 
 /// Runs exitprof with `args`.

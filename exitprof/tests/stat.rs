@@ -13,9 +13,9 @@ use common::{EXITPROF, can_profile, count_where, exitprof, json, one_line_error}
 /// of the workload's process tree.
 #[test]
 fn stat_counts_exactly_what_the_workload_vm_did() {
-    if !can_profile("stat_counts_exactly_what_the_workload_vm_did") {
+    let Some(_serial) = can_profile("stat_counts_exactly_what_the_workload_vm_did") else {
         return;
-    }
+    };
     let out = exitprof(&[
         "stat",
         "--json",
@@ -105,9 +105,9 @@ fn stat_counts_exactly_what_the_workload_vm_did() {
 /// Only the command's tree is counted: a second VM outside it is not.
 #[test]
 fn stat_command_filter_leaves_other_vms_out() {
-    if !can_profile("stat_command_filter_leaves_other_vms_out") {
+    let Some(_serial) = can_profile("stat_command_filter_leaves_other_vms_out") else {
         return;
-    }
+    };
     let mut outsider = Command::new(EXITPROF)
         .args([
             "vm",
@@ -167,9 +167,9 @@ fn unknown_flags_are_one_line_errors() {
 
 #[test]
 fn stat_without_root_says_so() {
-    if !can_profile("stat_without_root_says_so") {
+    let Some(_serial) = can_profile("stat_without_root_says_so") else {
         return;
-    }
+    };
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -201,9 +201,9 @@ fn in_mount_namespace(setup: &str, args: &str) -> std::process::Output {
 
 #[test]
 fn stat_when_tracefs_cannot_be_mounted() {
-    if !can_profile("stat_when_tracefs_cannot_be_mounted") {
+    let Some(_serial) = can_profile("stat_when_tracefs_cannot_be_mounted") else {
         return;
-    }
+    };
     // An empty /sys/kernel: no tracing directory to mount tracefs on.
     let out = in_mount_namespace("mount -t tmpfs none /sys/kernel", "stat --duration 1s");
     let err = one_line_error(&out);
@@ -219,9 +219,9 @@ fn stat_when_tracefs_cannot_be_mounted() {
 
 #[test]
 fn stat_when_a_tracepoint_is_missing() {
-    if !can_profile("stat_when_a_tracepoint_is_missing") {
+    let Some(_serial) = can_profile("stat_when_a_tracepoint_is_missing") else {
         return;
-    }
+    };
     // A tracing directory whose events lack kvm, as on a kernel without
     // the kvm module.
     let out = in_mount_namespace(
@@ -249,9 +249,9 @@ fn attached_exitprof_programs() -> usize {
 /// Ctrl-C detaches every program and still prints the snapshot.
 #[test]
 fn stat_interrupted_prints_and_detaches() {
-    if !can_profile("stat_interrupted_prints_and_detaches") {
+    let Some(_serial) = can_profile("stat_interrupted_prints_and_detaches") else {
         return;
-    }
+    };
     assert_eq!(
         attached_exitprof_programs(),
         0,
@@ -282,9 +282,9 @@ fn stat_interrupted_prints_and_detaches() {
 /// silently.
 #[test]
 fn stat_reports_events_dropped_by_full_maps() {
-    if !can_profile("stat_reports_events_dropped_by_full_maps") {
+    let Some(_serial) = can_profile("stat_reports_events_dropped_by_full_maps") else {
         return;
-    }
+    };
     let script = format!(
         "{EXITPROF} vm --cpuid 5 --cpuid-leaf 1 >/dev/null && {EXITPROF} vm --cpuid 7 --cpuid-leaf 2 >/dev/null"
     );

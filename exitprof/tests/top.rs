@@ -81,9 +81,9 @@ fn start_top(session: &str) {
 
 #[test]
 fn top_shows_live_rows_and_restores_the_terminal() {
-    if !can_profile("top_shows_live_rows_and_restores_the_terminal") {
+    let Some(_serial) = can_profile("top_shows_live_rows_and_restores_the_terminal") else {
         return;
-    }
+    };
     let _workload = Workload::start();
     let session = "exitprof-top-test";
     start_top(session);
@@ -130,9 +130,9 @@ fn top_shows_live_rows_and_restores_the_terminal() {
 
 #[test]
 fn top_ends_cleanly_on_sigterm() {
-    if !can_profile("top_ends_cleanly_on_sigterm") {
+    let Some(_serial) = can_profile("top_ends_cleanly_on_sigterm") else {
         return;
-    }
+    };
     let session = "exitprof-top-sigterm";
     start_top(session);
     let screen = screen_with(session, "exitprof top | backend");
@@ -153,9 +153,9 @@ fn top_ends_cleanly_on_sigterm() {
 
 #[test]
 fn top_once_prints_tables_and_exits() {
-    if !can_profile("top_once_prints_tables_and_exits") {
+    let Some(_serial) = can_profile("top_once_prints_tables_and_exits") else {
         return;
-    }
+    };
     let _workload = Workload::start();
     let out = exitprof(&["top", "--once", "-d", "700ms"]);
     assert!(
@@ -171,9 +171,9 @@ fn top_once_prints_tables_and_exits() {
 
 #[test]
 fn top_json_streams_one_interval_per_line() {
-    if !can_profile("top_json_streams_one_interval_per_line") {
+    let Some(_serial) = can_profile("top_json_streams_one_interval_per_line") else {
         return;
-    }
+    };
     let _workload = Workload::start();
     let child = Command::new(EXITPROF)
         .args(["top", "--json", "-d", "400ms"])

@@ -6,9 +6,9 @@ use common::{can_profile, exitprof, json, one_line_error};
 
 #[test]
 fn vm_reports_exact_userspace_exits() {
-    if !can_profile("vm_reports_exact_userspace_exits") {
+    let Some(_serial) = can_profile("vm_reports_exact_userspace_exits") else {
         return;
-    }
+    };
     let out = exitprof(&[
         "vm", "--json", "--cpuid", "100", "--pio", "7", "--mmio", "5", "--msr", "3", "--hlt", "2",
         "--rounds", "3",
@@ -36,9 +36,9 @@ fn vm_rejects_bad_values_in_one_line() {
 
 #[test]
 fn vm_without_dev_kvm_says_what_to_do() {
-    if !can_profile("vm_without_dev_kvm_says_what_to_do") {
+    let Some(_serial) = can_profile("vm_without_dev_kvm_says_what_to_do") else {
         return;
-    }
+    };
     // A private /dev without kvm.
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
