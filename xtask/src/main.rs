@@ -30,6 +30,15 @@ enum Task {
     Test(sandbox::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
     E2e(sandbox::E2eArgs),
+    /// Boot the sandbox once and run a shell script in it (exitprof is on
+    /// PATH); prints the serial log. For trying things by hand.
+    Sandbox {
+        /// The script, e.g. 'exitprof vm --cpuid 10 --json'.
+        script: String,
+        /// Boot kvm-amd with npt=0 (shadow paging).
+        #[arg(long)]
+        shadow: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +49,23 @@ fn main() -> anyhow::Result<()> {
         Task::E2e(args) => {
             setup::setup()?;
             sandbox::e2e(&args).map(|_| ())
+        }
+        Task::Sandbox { script, shadow } => {
+            setup::setup()?;
+            let kernel = sandbox::fetch_kernel()?;
+            let exitprof = tasks::build_release()?;
+            let results = sandbox::run_scenario(
+                &kernel,
+                &exitprof,
+                &sandbox::Scenario {
+                    name: "by-hand",
+                    script: &script,
+                    npt: !shadow,
+                    timeout: std::time::Duration::from_secs(600),
+                },
+            )?;
+            print!("{}", std::fs::read_to_string(&results.log)?);
+            Ok(())
         }
     }
 }

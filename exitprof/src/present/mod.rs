@@ -35,13 +35,21 @@ pub fn percent(part: u64, whole: u64) -> String {
 /// count%, total time, time%, avg, min, max.
 #[must_use]
 pub fn exit_columns(row: &ExitRow, total: u64, total_ns: u64) -> [String; 6] {
+    // Exits whose entry never came (the VM ended) have no time: "-".
+    let time = |ns| {
+        if row.timed == 0 {
+            "-".to_owned()
+        } else {
+            duration(ns)
+        }
+    };
     [
         percent(row.count, total),
-        duration(row.total_ns),
+        time(row.total_ns),
         percent(row.total_ns, total_ns),
-        duration(row.avg_ns()),
-        duration(row.min_ns),
-        duration(row.max_ns),
+        time(row.avg_ns()),
+        time(row.min_ns),
+        time(row.max_ns),
     ]
 }
 

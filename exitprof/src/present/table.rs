@@ -240,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn untimed_exits_show_no_time() {
+        let mut s = snapshot();
+        s.exits[0].timed = 0;
+        s.exits[0].total_ns = 0;
+        let text = render(&s, "all processes");
+        assert!(
+            text.contains(
+                "\nhlt (0x78)                            1   25.00%           -    0.00%          -          -          -\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn pvm_says_why_there_are_no_exit_rows() {
         let mut s = snapshot();
         s.backend = "pvm".into();

@@ -31,6 +31,9 @@ pub struct Params {
     pub hypercall: (u32, u32),
     /// HLT count.
     pub hlt: u32,
+    /// Paging rounds: each writes CR3, does one INVLPG and touches
+    /// [`TOUCHED_PAGES`] pages (needs paging on, see [`page_tables`]).
+    pub paging: u32,
 }
 
 impl Params {
@@ -50,11 +53,51 @@ impl Params {
             self.hypercall.0,
             self.hypercall.1,
             self.hlt,
+            self.paging,
         ]
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect()
     }
+}
+
+/// Guest-physical address of the page directory (32-bit, 4 KiB pages).
+pub const PAGE_DIRECTORY_GPA: u32 = 0x8_0000;
+/// First page the paging rounds touch.
+pub const TOUCH_GPA: u32 = 0x2_0000;
+/// Pages each paging round touches (below the page tables).
+pub const TOUCHED_PAGES: u32 = 64;
+
+/// 32-bit page tables, identity-mapping guest RAM (`ram_bytes`) and the
+/// 4 KiB page of `mmio_gpa`: `(gpa, bytes)` pieces for guest memory.
+/// The page directory is at [`PAGE_DIRECTORY_GPA`], its tables follow it.
+#[must_use]
+pub fn page_tables(ram_bytes: u32, mmio_gpa: u32) -> Vec<(u32, Vec<u8>)> {
+    const PRESENT_WRITABLE: u32 = 0b11;
+    let low_table = PAGE_DIRECTORY_GPA + 0x1000;
+    let mmio_table = PAGE_DIRECTORY_GPA + 0x2000;
+    let mut directory = vec![0u32; 1024];
+    directory[0] = low_table | PRESENT_WRITABLE;
+    let mmio_dir = (mmio_gpa >> 22) as usize;
+    directory[mmio_dir] = mmio_table | PRESENT_WRITABLE;
+    let low: Vec<u32> = (0..1024)
+        .map(|i| {
+            let addr = i << 12;
+            if addr < ram_bytes {
+                addr | PRESENT_WRITABLE
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut mmio = vec![0u32; 1024];
+    mmio[((mmio_gpa >> 12) & 0x3ff) as usize] = (mmio_gpa & !0xfff) | PRESENT_WRITABLE;
+    let bytes = |v: Vec<u32>| v.iter().flat_map(|e| e.to_le_bytes()).collect();
+    vec![
+        (PAGE_DIRECTORY_GPA, bytes(directory)),
+        (low_table, bytes(low)),
+        (mmio_table, bytes(mmio)),
+    ]
 }
 
 /// Address of parameter `index` (see [`Params::to_bytes`]).
@@ -161,6 +204,20 @@ pub fn program(hypercall: Hypercall) -> Vec<u8> {
         });
     });
     a.repeat(param(11), |a| a.bytes(&[0xf4])); // hlt
+    a.repeat(param(12), |a| {
+        a.bytes(&[0x0f, 0x20, 0xd8]); // mov eax, cr3
+        a.bytes(&[0x0f, 0x22, 0xd8]); // mov cr3, eax (flushes the TLB)
+        a.bytes(&[0x0f, 0x01, 0x3d]); // invlpg [TOUCH_GPA]
+        a.bytes(&TOUCH_GPA.to_le_bytes());
+        a.bytes(&[0xbf]); // mov edi, TOUCH_GPA
+        a.bytes(&TOUCH_GPA.to_le_bytes());
+        a.bytes(&[0xb9]); // mov ecx, TOUCHED_PAGES
+        a.bytes(&TOUCHED_PAGES.to_le_bytes());
+        // touch: mov [edi], eax; add edi, 0x1000; dec ecx; jnz touch
+        a.bytes(&[
+            0x89, 0x07, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xf4,
+        ]);
+    });
     a.bytes(&[0xe6, u8::try_from(DONE_PORT).expect("8-bit port")]); // out DONE_PORT, al
     a.bytes(&[0xeb, 0xfe]); // jmp $ (never reached: the VMM stops)
     a.code
@@ -196,6 +253,32 @@ mod tests {
     }
 
     #[test]
+    fn page_tables_map_ram_and_the_mmio_page() {
+        let pieces = page_tables(1 << 20, 0xd000_0000);
+        let entry = |piece: usize, i: usize| {
+            u32::from_le_bytes(pieces[piece].1[i * 4..i * 4 + 4].try_into().unwrap())
+        };
+        assert_eq!(pieces[0].0, 0x8_0000);
+        assert_eq!(entry(0, 0), 0x8_1003);
+        assert_eq!(entry(0, 0x340), 0x8_2003, "0xd0000000 >> 22");
+        assert_eq!(entry(1, 0x20), 0x2_0003);
+        assert_eq!(entry(1, 0xff), 0xf_f003, "the last page of 1 MiB");
+        assert_eq!(entry(1, 0x100), 0, "beyond RAM");
+        assert_eq!(entry(2, 0), 0xd000_0003);
+    }
+
+    #[test]
+    fn touch_loop_jumps_back_to_its_start() {
+        // The inner loop is 12 bytes; jnz -12 lands on `mov [edi], eax`.
+        let code = program(Hypercall::Vmmcall);
+        let at = code
+            .windows(4)
+            .position(|w| w == [0x89, 0x07, 0x81, 0xc7])
+            .unwrap();
+        assert_eq!(&code[at + 10..at + 12], &[0x75, 0xf4]);
+    }
+
+    #[test]
     fn params_layout() {
         let p = Params {
             cpuid: (1, 2, 3),
@@ -203,8 +286,8 @@ mod tests {
             ..Params::default()
         };
         let b = p.to_bytes();
-        assert_eq!(b.len(), 48);
+        assert_eq!(b.len(), 52);
         assert_eq!(&b[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
-        assert_eq!(&b[44..], &[9, 0, 0, 0]);
+        assert_eq!(&b[44..48], &[9, 0, 0, 0]);
     }
 }

@@ -8,7 +8,10 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::{
     WorkloadError,
-    guest::{CODE_GPA, DONE_PORT, Hypercall, PARAMS_GPA, Params, program},
+    guest::{
+        CODE_GPA, DONE_PORT, Hypercall, PAGE_DIRECTORY_GPA, PARAMS_GPA, Params, page_tables,
+        program,
+    },
 };
 
 /// Guest RAM: 1 MiB at GPA 0 (MMIO addresses must lie above it).
@@ -62,6 +65,8 @@ pub struct Machine {
     _kvm: Kvm,
     _vm: VmFd,
     vcpu: VcpuFd,
+    /// 32-bit paging on (page tables at `PAGE_DIRECTORY_GPA`).
+    paging: bool,
     // Dropped after the VM that maps it.
     _ram: Ram,
 }
@@ -72,13 +77,19 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WorkloadError {
 
 impl Machine {
     /// Opens `/dev/kvm`, creates the VM and loads `params` and the program.
-    pub fn new(params: Params, hypercall: Hypercall) -> Result<Self, WorkloadError> {
+    pub fn new(params: Params, hypercall: Hypercall, mmio_gpa: u32) -> Result<Self, WorkloadError> {
         let kvm = Kvm::new()
             .map_err(|e| WorkloadError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mut ram = Ram::new()?;
         ram.write(u64::from(PARAMS_GPA), &params.to_bytes());
         ram.write(CODE_GPA, &program(hypercall));
+        let paging = params.paging > 0;
+        if paging {
+            for (gpa, bytes) in page_tables(RAM_BYTES as u32, mmio_gpa) {
+                ram.write(u64::from(gpa), &bytes);
+            }
+        }
         let region = kvm_userspace_memory_region {
             slot: 0,
             guest_phys_addr: 0,
@@ -99,6 +110,7 @@ impl Machine {
             _kvm: kvm,
             _vm: vm,
             vcpu,
+            paging,
             _ram: ram,
         };
         machine.reset()?;
@@ -134,6 +146,10 @@ impl Machine {
             *seg = flat(0x10, 0x3);
         }
         sregs.cr0 = 0x11; // PE | ET
+        if self.paging {
+            sregs.cr3 = u64::from(PAGE_DIRECTORY_GPA);
+            sregs.cr0 |= 0x8000_0000; // PG
+        }
         sregs.cr4 = 0;
         sregs.efer = 0;
         self.vcpu
