@@ -6,8 +6,12 @@
 mod backend;
 mod cli;
 mod loader;
+mod paging;
 mod present;
 mod readout;
+mod record;
+mod recording;
+mod report;
 mod signals;
 mod snapshot;
 mod stat;
@@ -30,6 +34,7 @@ Examples:
   sudo exitprof stat -- exitprof vm --cpuid 1234 --pio 300 --mmio 200
   sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s --json
   sudo exitprof top
+  sudo exitprof record --ept both -o r.json && exitprof report r.json
   exitprof vm --cpuid 100 --hlt 5 --json"
 )]
 struct Cli {
@@ -42,6 +47,10 @@ enum Command {
     /// Count exits while COMMAND runs (or for a duration, or until
     /// Ctrl-C), then print a report.
     Stat(stat::StatArgs),
+    /// Record a workload under nested and/or shadow paging into a file.
+    Record(record::RecordArgs),
+    /// Show a recording: tables, the paging comparison, CSV, JSON, SVG.
+    Report(report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
     Top(tui::TopArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
@@ -71,6 +80,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Stat(args) => stat::main(&args),
+        Command::Record(args) => record::main(&args),
+        Command::Report(args) => report::main(&args),
         Command::Top(args) => tui::main(&args),
         Command::Vm(args) => workload::main(&args),
     };

@@ -15,6 +15,7 @@ use crate::{
     loader::{Filter, Options, Profiler},
     present::table,
     signals,
+    snapshot::Snapshot,
 };
 
 /// Arguments of `exitprof stat`.
@@ -58,9 +59,67 @@ pub struct StatArgs {
 /// Loading, attaching, spawning or reading fails; each error says why.
 pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     signals::install();
-    let filter = if !args.pids.is_empty() {
-        Filter::Tracked(args.pids.clone())
-    } else if args.command.is_empty() || args.all {
+    let outcome = profile(&Run {
+        command: &args.command,
+        pids: &args.pids,
+        all: args.all,
+        duration: args.duration,
+        breakdown: args.by_vcpu,
+        map_entries: args.map_entries,
+        interval: None,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome.snapshot)?);
+    } else {
+        print!("{}", table::render(&outcome.snapshot, &outcome.scope));
+    }
+    Ok(match outcome.status {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None if signals::received().is_some() => ExitCode::from(130),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// What to profile, and for how long.
+pub struct Run<'a> {
+    /// Command to run and count (its process tree unless `all`).
+    pub command: &'a [String],
+    /// Processes to count (exclusive with `command`).
+    pub pids: &'a [u32],
+    /// With a command: count the whole host.
+    pub all: bool,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Per (process, vCPU) rows too.
+    pub breakdown: bool,
+    /// Event map capacity override.
+    pub map_entries: Option<u32>,
+    /// Also take a cumulative snapshot every interval.
+    pub interval: Option<Duration>,
+}
+
+/// What a profiled run saw.
+pub struct Outcome {
+    /// Everything, at the end.
+    pub snapshot: Snapshot,
+    /// Cumulative snapshots every `Run::interval`.
+    pub intervals: Vec<Snapshot>,
+    /// The command's exit code, when it exited (128 + signal if killed).
+    pub status: Option<i32>,
+    /// What was counted, for people.
+    pub scope: String,
+}
+
+/// Attaches, runs the command (held before exec until it is tracked),
+/// waits for it, the duration or SIGINT/SIGTERM, and reads the maps. The
+/// programs are detached when this returns, on every path.
+///
+/// # Errors
+/// Loading, attaching, spawning or reading fails.
+pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
+    let filter = if !run.pids.is_empty() {
+        Filter::Tracked(run.pids.to_vec())
+    } else if run.command.is_empty() || run.all {
         Filter::All
     } else {
         // The command's pid is tracked once it is spawned, before it runs.
@@ -69,26 +128,26 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     let tracked_command = matches!(filter, Filter::Tracked(ref p) if p.is_empty());
     let mut profiler = Profiler::start(&Options {
         filter,
-        breakdown: args.by_vcpu,
-        map_entries: args.map_entries,
+        breakdown: run.breakdown,
+        map_entries: run.map_entries,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(
             "exitprof: note: syscalls:sys_enter_ioctl is missing (CONFIG_FTRACE_SYSCALLS): userspace round trips are not measured"
         );
     }
-    let scope = if !args.pids.is_empty() {
-        let pids: Vec<String> = args.pids.iter().map(u32::to_string).collect();
+    let scope = if !run.pids.is_empty() {
+        let pids: Vec<String> = run.pids.iter().map(u32::to_string).collect();
         format!("pid {} and children", pids.join(","))
     } else if tracked_command {
-        format!("`{}` and its children", args.command.join(" "))
+        format!("`{}` and its children", run.command.join(" "))
     } else {
         "all processes".to_owned()
     };
-    let mut child = if args.command.is_empty() {
+    let mut child = if run.command.is_empty() {
         None
     } else {
-        let mut child = GatedChild::fork(&args.command)?;
+        let mut child = GatedChild::fork(run.command)?;
         if tracked_command && let Err(e) = profiler.track(child.id()) {
             child.terminate();
             return Err(e.into());
@@ -96,7 +155,10 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         child.release()?;
         Some(child)
     };
-    let deadline = args.duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let deadline = run.duration.map(|d| started + d);
+    let mut next_interval = run.interval.map(|i| started + i);
+    let mut intervals = Vec::new();
     let mut status = None;
     loop {
         if let Some(c) = child.as_mut()
@@ -105,28 +167,30 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
             status = Some(s);
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) || signals::received().is_some() {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) || signals::received().is_some() {
             break;
+        }
+        if let (Some(at), Some(every)) = (next_interval, run.interval)
+            && now >= at
+        {
+            intervals.push(profiler.snapshot()?);
+            next_interval = Some(at + every);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let snapshot = profiler.snapshot()?;
-    // Detach before printing: the report is final.
     drop(profiler);
-    if args.json {
-        println!("{}", serde_json::to_string(&snapshot)?);
-    } else {
-        print!("{}", table::render(&snapshot, &scope));
-    }
     if let (Some(c), None) = (child.as_mut(), status) {
         // Stopped by the deadline or a signal while the command runs: end
         // it as `perf stat --timeout` does.
         c.terminate();
     }
-    Ok(match status {
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None if signals::received().is_some() => ExitCode::from(130),
-        None => ExitCode::SUCCESS,
+    Ok(Outcome {
+        snapshot,
+        intervals,
+        status,
+        scope,
     })
 }
 

@@ -33,12 +33,12 @@ pub enum TracefsError {
         hint: &'static str,
     },
     /// A format file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A format file does not look like one.
     #[error("{event}: malformed format file: {why}")]
@@ -250,7 +250,7 @@ pub fn read_format(root: &Path, category: &str, event: &str) -> Result<Format, T
         } else {
             TracefsError::Read {
                 path: path.display().to_string(),
-                source,
+                error: source,
             }
         }
     })?;

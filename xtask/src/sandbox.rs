@@ -155,7 +155,7 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
     })
 }
 
-/// The modules `kvm-amd` needs, in load order (their `depends=`).
+/// `kvm-amd` and the modules it needs (their `depends=`).
 const KVM_AMD_MODULES: &[&str] = &[
     "virt/lib/irqbypass.ko",
     "arch/x86/kvm/kvm.ko",
@@ -167,7 +167,7 @@ const KVM_AMD_MODULES: &[&str] = &[
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "insmod", "rmmod", "cat", "echo", "grep", "sed", "sort", "uniq",
     "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut", "awk",
-    "true", "false", "test", "[", "uname", "timeout",
+    "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe",
 ];
 
 /// One boot of the sandbox.
@@ -233,20 +233,6 @@ fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
 }
 
 fn init_script(npt: bool) -> String {
-    let modules: Vec<String> = KVM_AMD_MODULES
-        .iter()
-        .map(|m| {
-            let name = Path::new(m)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("name");
-            if name == "kvm-amd.ko" {
-                format!("insmod /modules/{name} npt={}", u8::from(npt))
-            } else {
-                format!("insmod /modules/{name}")
-            }
-        })
-        .collect();
     format!(
         "#!/bin/sh
 export PATH=/bin
@@ -256,7 +242,8 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t debugfs nodev /sys/kernel/debug
-{modules}
+depmod
+modprobe kvm_amd npt={npt}
 echo \"@@EXITPROF booted $(cut -d' ' -f1 /proc/uptime)\"
 echo \"@@EXITPROF npt $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)\"
 echo \"@@EXITPROF kvm $(ls /dev/kvm 2>&1)\"
@@ -264,7 +251,7 @@ sh /scenario.sh
 echo \"@@EXITPROF exit $?\"
 poweroff -f
 ",
-        modules = modules.join("\n")
+        npt = u8::from(npt)
     )
 }
 
@@ -276,7 +263,7 @@ fn build_initramfs(
 ) -> anyhow::Result<PathBuf> {
     let root = sandbox_dir().join("initramfs").join(scenario.name);
     let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
+    for dir in ["bin", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(root.join(dir))?;
     }
     fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
@@ -284,11 +271,14 @@ fn build_initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     add_binary(&root, exitprof, "/bin/exitprof")?;
+    // Under /lib/modules like an installed kernel, so that depmod and
+    // modprobe (and exitprof record's module reload) work.
+    let modules = root.join("lib/modules").join(&kernel.release);
     for m in KVM_AMD_MODULES {
         let from = kernel.modules.join("kernel").join(m);
-        let name = Path::new(m).file_name().expect("name");
-        fs::copy(&from, root.join("modules").join(name))
-            .with_context(|| format!("copying {}", from.display()))?;
+        let to = modules.join("kernel").join(m);
+        fs::create_dir_all(to.parent().expect("module path"))?;
+        fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
     }
     let init = root.join("init");
     fs::write(&init, init_script(scenario.npt))?;

@@ -1,0 +1,187 @@
+//! `exitprof record`: the same workload under nested paging (EPT/NPT) and
+//! under shadow paging, recorded to a file `exitprof report` reads.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{
+    backend::Backend,
+    cli::parse_duration,
+    paging::{PagingError, Restore, VendorModule, other_vm},
+    recording::{FORMAT, Recording, Run as RecordedRun, VERSION},
+    signals,
+    stat::{Run, profile},
+};
+
+/// Which paging modes to record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ept {
+    /// Nested paging (EPT/NPT) only.
+    On,
+    /// Shadow paging only.
+    Off,
+    /// Both, nested first.
+    Both,
+}
+
+/// Arguments of `exitprof record`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Without COMMAND the built-in workload VM runs a mix that makes the paging
+difference visible (CPUID, port I/O, MMIO, HLT, and where paging works,
+CR3 writes, INVLPG and page touches). Switching reloads kvm_intel (ept=)
+or kvm_amd (npt=) with every other parameter kept, and puts the original
+mode back at the end, after a failure and after Ctrl-C.
+
+Examples:
+  sudo exitprof record --ept both -o r.json
+  sudo exitprof record --ept off -- qemu-system-x86_64 -enable-kvm ...
+  exitprof report r.json --svg r.svg")]
+pub struct RecordArgs {
+    /// Paging modes to record; without it, the current mode only.
+    #[arg(long, value_enum)]
+    pub ept: Option<Ept>,
+    /// The recording to write.
+    #[arg(short, long, default_value = "exitprof-record.json")]
+    pub output: PathBuf,
+    /// Stop each run after this long (default: when COMMAND exits).
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Snapshot interval within a run.
+    #[arg(short, long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Reload the KVM module even when other VMs run (they will die).
+    #[arg(long)]
+    pub force: bool,
+    /// The workload; default: the built-in workload VM.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// The built-in workload: CPUID, I/O, MMIO and HLT, plus paging work
+/// where the backend can page (not PVM).
+fn default_workload(backend: Backend) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("finding exitprof's own path")?;
+    let mut cmd = vec![exe.display().to_string()];
+    cmd.extend(
+        [
+            "vm", "--cpuid", "1000", "--pio", "100", "--mmio", "50", "--hlt", "10",
+        ]
+        .map(String::from),
+    );
+    if backend != Backend::Pvm {
+        cmd.extend(["--paging", "200"].map(String::from));
+    }
+    Ok(cmd)
+}
+
+/// Runs `exitprof record`.
+///
+/// # Errors
+/// Profiling, switching or writing fails; the paging mode is restored.
+pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    signals::install();
+    let backend = Backend::detect();
+    let command = if args.command.is_empty() {
+        default_workload(backend)?
+    } else {
+        args.command.clone()
+    };
+    let module = match (args.ept, VendorModule::detect()) {
+        (None, Ok(m)) => Some((m, false)),
+        (Some(_), Ok(m)) => Some((m, true)),
+        (_, Err(PagingError::NotSwitchable(why))) => {
+            if args.ept.is_some() {
+                eprintln!(
+                    "exitprof: cannot switch the paging mode: {why}; recording the current mode only"
+                );
+            }
+            None
+        }
+        (_, Err(e)) => return Err(e.into()),
+    };
+    let plan: Vec<Option<bool>> = match (&module, args.ept) {
+        (Some((_, true)), Some(Ept::On)) => vec![Some(true)],
+        (Some((_, true)), Some(Ept::Off)) => vec![Some(false)],
+        (Some((_, true)), Some(Ept::Both)) => vec![Some(true), Some(false)],
+        (Some((m, _)), _) => vec![Some(m.nested()?)],
+        (None, _) => vec![None],
+    };
+    // Restores the original mode when dropped: on return, error or signal.
+    let restore = match &module {
+        Some((m, true)) => Some(Restore::new(m.clone())?),
+        _ => None,
+    };
+    let mut runs = Vec::new();
+    for nested in plan {
+        if signals::received().is_some() {
+            break;
+        }
+        if let (Some((m, true)), Some(nested)) = (&module, nested)
+            && m.nested()? != nested
+        {
+            if !args.force
+                && let Some(pid) = other_vm(&[std::process::id()])
+            {
+                return Err(PagingError::VmRunning(pid).into());
+            }
+            eprintln!("exitprof: reloading {} with {}", m.name, m.setting(nested));
+            m.reload(nested)?;
+        }
+        let mode = match nested {
+            Some(true) => "nested",
+            Some(false) => "shadow",
+            None => "current",
+        };
+        eprintln!(
+            "exitprof: recording `{}` ({mode} paging)",
+            command.join(" ")
+        );
+        let outcome = profile(&Run {
+            command: &command,
+            pids: &[],
+            all: false,
+            duration: args.duration,
+            breakdown: false,
+            map_entries: None,
+            interval: Some(args.interval),
+        })?;
+        if let Some(code) = outcome.status
+            && code != 0
+        {
+            eprintln!("exitprof: the workload exited with {code} under {mode} paging");
+        }
+        runs.push(RecordedRun {
+            mode: mode.to_owned(),
+            paging: module.as_ref().zip(nested).map(|((m, _), n)| m.setting(n)),
+            exit_status: outcome.status,
+            interval_ns: u64::try_from(args.interval.as_nanos()).unwrap_or(u64::MAX),
+            snapshots: outcome.intervals,
+            total: outcome.snapshot,
+        });
+    }
+    drop(restore);
+    let recording = Recording {
+        format: FORMAT.to_owned(),
+        version: VERSION,
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        backend: backend.name().to_owned(),
+        command,
+        runs,
+    };
+    std::fs::write(&args.output, serde_json::to_string(&recording)?)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "exitprof: wrote {} ({} run(s)); `exitprof report {}` shows it",
+        args.output.display(),
+        recording.runs.len(),
+        args.output.display()
+    );
+    Ok(if signals::received().is_some() {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,238 @@
+//! The recording format of `exitprof record`, read back by `exitprof
+//! report`: one JSON object, versioned. Version 1:
+//!
+//! ```text
+//! {"format": "exitprof-record", "version": 1, "host": str, "backend": str,
+//!  "command": [str],
+//!  "runs": [{"mode": "nested"|"shadow"|"current", "paging": "npt=1"?,
+//!            "exit_status": i32?, "interval_ns": u64,
+//!            "snapshots": [Snapshot], "final": Snapshot}]}
+//! ```
+//!
+//! `Snapshot` is the `--json` contract of DESIGN.md; `snapshots` are
+//! cumulative, one per interval; `final` covers the whole run.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::Snapshot;
+
+/// The `format` field.
+pub const FORMAT: &str = "exitprof-record";
+/// The version this exitprof writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A recording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`].
+    pub version: u32,
+    /// Host name.
+    pub host: String,
+    /// KVM backend.
+    pub backend: String,
+    /// The workload.
+    pub command: Vec<String>,
+    /// One per paging mode.
+    pub runs: Vec<Run>,
+}
+
+/// One run of the workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// "nested", "shadow", or "current" (the mode could not be read).
+    pub mode: String,
+    /// The module parameter in force, e.g. "npt=1".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paging: Option<String>,
+    /// The workload's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// Interval of `snapshots`.
+    pub interval_ns: u64,
+    /// Cumulative snapshots, one per interval.
+    pub snapshots: Vec<Snapshot>,
+    /// The whole run.
+    #[serde(rename = "final")]
+    pub total: Snapshot,
+}
+
+/// Why a recording cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {error}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Not JSON, or not an exitprof recording.
+    #[error("{path} is not an exitprof recording: {why}")]
+    NotARecording {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// Another version.
+    #[error("{path} is a version {found} recording; this exitprof reads version {VERSION}")]
+    Version {
+        /// The file.
+        path: String,
+        /// Its version.
+        found: u64,
+    },
+    /// Right format and version, wrong content.
+    #[error("{path} is damaged: {why}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Recording {
+    /// Parses `text` (from `path`, for messages).
+    ///
+    /// # Errors
+    /// See [`RecordingError`].
+    pub fn parse(text: &str, path: &str) -> Result<Self, RecordingError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| RecordingError::NotARecording {
+                path: path.to_owned(),
+                why: format!("not JSON ({e})"),
+            })?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(RecordingError::NotARecording {
+                path: path.to_owned(),
+                why: format!("no \"format\": \"{FORMAT}\""),
+            });
+        }
+        let found = value
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if found != u64::from(VERSION) {
+            return Err(RecordingError::Version {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| RecordingError::Damaged {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Reads a recording file.
+    ///
+    /// # Errors
+    /// See [`RecordingError`].
+    pub fn load(path: &Path) -> Result<Self, RecordingError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| RecordingError::Io {
+            path: shown.clone(),
+            error,
+        })?;
+        Self::parse(&text, &shown)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{backend::Backend, snapshot::ExitRow};
+
+    /// A two-run recording: nested (cpuid 100, npf 10) and shadow
+    /// (cpuid 100, write_cr3 50, PF excp 40).
+    pub fn sample() -> Recording {
+        let row = |name: &str, reason: u32, count: u64, total_ns: u64| ExitRow {
+            isa: "svm".into(),
+            reason,
+            name: name.into(),
+            count,
+            timed: count,
+            total_ns,
+            min_ns: 1,
+            max_ns: total_ns,
+            hist_log2_ns: vec![0; 31],
+            ..ExitRow::default()
+        };
+        let run = |mode: &str, paging: &str, rows: Vec<ExitRow>| {
+            let mut total = Snapshot::empty(Backend::Svm);
+            total.interval_ns = 1_000_000_000;
+            total.exits = rows;
+            Run {
+                mode: mode.into(),
+                paging: Some(paging.into()),
+                exit_status: Some(0),
+                interval_ns: 1_000_000_000,
+                snapshots: vec![total.clone()],
+                total,
+            }
+        };
+        Recording {
+            format: FORMAT.into(),
+            version: VERSION,
+            host: "h".into(),
+            backend: "svm".into(),
+            command: vec!["exitprof".into(), "vm".into()],
+            runs: vec![
+                run(
+                    "nested",
+                    "npt=1",
+                    vec![
+                        row("cpuid", 0x72, 100, 1_000_000),
+                        row("npf", 0x400, 10, 500_000),
+                    ],
+                ),
+                run(
+                    "shadow",
+                    "npt=0",
+                    vec![
+                        row("cpuid", 0x72, 100, 1_000_000),
+                        row("write_cr3", 0x13, 50, 2_000_000),
+                        row("PF excp", 0x4e, 40, 8_000_000),
+                    ],
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_errors() {
+        let text = serde_json::to_string(&sample()).unwrap();
+        assert!(text.contains("\"final\":"), "the contract's name");
+        assert_eq!(Recording::parse(&text, "r.json").unwrap(), sample());
+        let err = Recording::parse("{]", "r.json").unwrap_err().to_string();
+        assert!(
+            err.starts_with("r.json is not an exitprof recording: not JSON"),
+            "{err}"
+        );
+        let err = Recording::parse("{\"a\": 1}", "r.json")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "r.json is not an exitprof recording: no \"format\": \"exitprof-record\""
+        );
+        let v2 = text.replace("\"version\":1", "\"version\":2");
+        let err = Recording::parse(&v2, "r.json").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "r.json is a version 2 recording; this exitprof reads version 1"
+        );
+        let damaged = text.replace("\"runs\":[", "\"runs\":[7,");
+        let err = Recording::parse(&damaged, "r.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.json is damaged: "), "{err}");
+        let cut = &text[..text.len() / 2];
+        assert!(Recording::parse(cut, "r.json").is_err());
+    }
+}
