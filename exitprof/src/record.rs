@@ -142,7 +142,8 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             pids: &[],
             all: false,
             duration: args.duration,
-            breakdown: false,
+            // Per-process rows name the workload's pid in each run.
+            breakdown: true,
             map_entries: None,
             interval: Some(args.interval),
         })?;

@@ -23,6 +23,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "packing the sandbox's initramfs"),
     ("bpftool", "tests check that programs are detached"),
     ("tmux", "the exitprof top test drives the TUI in a terminal"),
+    (
+        "librsvg2-bin",
+        "the e2e test renders exitprof report's SVG chart",
+    ),
 ];
 
 /// bpf-linker version that builds with LLVM 22 and aya 0.14.
