@@ -17,7 +17,7 @@ use exitprof_common::{
 use crate::{
     backend::Backend,
     readout,
-    snapshot::Snapshot,
+    snapshot::{ProgramCost, Snapshot},
     tracefs::{self, Format, TracefsError},
 };
 
@@ -82,6 +82,10 @@ pub struct Options {
     /// Capacity of every hash map of events (and of the breakdown), when
     /// not the built-in one: small values show drop accounting in tests.
     pub map_entries: Option<u32>,
+    /// Turn on the kernel's BPF run-time statistics while profiling, so
+    /// that snapshots say what each program cost. It adds two clock reads
+    /// to every program run, so it is off unless asked for.
+    pub cost: bool,
 }
 
 /// The hash maps whose capacity `Options::map_entries` sets.
@@ -180,6 +184,8 @@ pub struct Profiler {
     started: Instant,
     /// Programs attached, by name.
     attached: Vec<&'static str>,
+    /// Holds `kernel.bpf_stats_enabled` on while open (`Options::cost`).
+    stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Profiler {
@@ -253,11 +259,25 @@ impl Profiler {
             attach(&mut ebpf, hook)?;
             attached.push(hook.program);
         }
+        let stats = if options.cost {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    eprintln!(
+                        "exitprof: note: cannot enable BPF run-time statistics ({e}): no cost figures"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             backend: Backend::detect(),
             started: Instant::now(),
             attached,
+            stats,
         })
     }
 
@@ -333,6 +353,20 @@ impl Profiler {
     /// When a map cannot be read.
     pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
         let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        if self.stats.is_some() {
+            snapshot.programs = self
+                .attached
+                .iter()
+                .filter_map(|name| {
+                    let info = self.ebpf.program(name)?.info().ok()?;
+                    Some(ProgramCost {
+                        name: (*name).to_owned(),
+                        run_count: info.run_count(),
+                        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    })
+                })
+                .collect();
+        }
         snapshot.interval_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(snapshot)
     }

@@ -145,6 +145,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             // Per-process rows name the workload's pid in each run.
             breakdown: true,
             map_entries: None,
+            cost: false,
             interval: Some(args.interval),
         })?;
         if let Some(code) = outcome.status

@@ -28,6 +28,28 @@ pub struct Snapshot {
     pub events: Events,
     /// Events lost to full maps.
     pub dropped: u64,
+    /// exitprof's own cost per program (with `--cost`; kernel BPF stats).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramCost>,
+}
+
+/// What one of exitprof's programs cost, from the kernel's BPF statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    /// Program (and tracepoint) name.
+    pub name: String,
+    /// Runs.
+    pub run_count: u64,
+    /// Time in the program over all runs.
+    pub run_time_ns: u64,
+}
+
+impl ProgramCost {
+    /// Mean time per run.
+    #[must_use]
+    pub fn ns_per_run(&self) -> u64 {
+        self.run_time_ns.checked_div(self.run_count).unwrap_or(0)
+    }
 }
 
 /// One exit reason's statistics.
@@ -214,6 +236,22 @@ impl Snapshot {
                     }
                 }
                 (row.count > 0 || row.timed > 0).then_some(row)
+            })
+            .collect();
+        out.programs = self
+            .programs
+            .iter()
+            .map(|p| {
+                let before = earlier.programs.iter().find(|b| b.name == p.name);
+                ProgramCost {
+                    name: p.name.clone(),
+                    run_count: p
+                        .run_count
+                        .saturating_sub(before.map_or(0, |b| b.run_count)),
+                    run_time_ns: p
+                        .run_time_ns
+                        .saturating_sub(before.map_or(0, |b| b.run_time_ns)),
+                }
             })
             .collect();
         let e = &earlier.events;

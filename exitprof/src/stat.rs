@@ -45,6 +45,10 @@ pub struct StatArgs {
     /// Also break exits down per VM process and vCPU.
     #[arg(long)]
     pub by_vcpu: bool,
+    /// Also report exitprof's own cost: runs and time per program, from
+    /// the kernel's BPF statistics (adds a little to every program run).
+    #[arg(long)]
+    pub cost: bool,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N")]
     pub map_entries: Option<u32>,
@@ -66,6 +70,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         breakdown: args.by_vcpu,
         map_entries: args.map_entries,
+        cost: args.cost,
         interval: None,
     })?;
     if args.json {
@@ -94,6 +99,8 @@ pub struct Run<'a> {
     pub breakdown: bool,
     /// Event map capacity override.
     pub map_entries: Option<u32>,
+    /// Report exitprof's own cost per program.
+    pub cost: bool,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
 }
@@ -130,6 +137,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         filter,
         breakdown: run.breakdown,
         map_entries: run.map_entries,
+        cost: run.cost,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

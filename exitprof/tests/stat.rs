@@ -304,3 +304,41 @@ fn stat_reports_events_dropped_by_full_maps() {
     assert_eq!(count_where(cpuid, |r| r["leaf"] == 2), 0, "{snap}");
     assert!(snap["dropped"].as_u64().unwrap() >= 7, "{snap}");
 }
+
+/// `--cost`: exitprof's own programs, from the kernel's BPF statistics.
+#[test]
+fn stat_reports_its_own_cost() {
+    let Some(_serial) = can_profile("stat_reports_its_own_cost") else {
+        return;
+    };
+    let out = exitprof(&[
+        "stat",
+        "--cost",
+        "--json",
+        "--",
+        EXITPROF,
+        "vm",
+        "--cpuid",
+        "1000",
+        "--cpuid-leaf",
+        "0x5151",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let snap: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let cpuid = snap["programs"]
+        .as_array()
+        .expect("programs with --cost")
+        .iter()
+        .find(|p| p["name"] == "kvm_cpuid")
+        .expect("kvm_cpuid's cost");
+    // Every guest CPUID ran the program once (other processes' too, had
+    // any run: the filter is inside the program).
+    assert!(cpuid["run_count"].as_u64().unwrap() >= 1000, "{cpuid}");
+    assert!(cpuid["run_time_ns"].as_u64().unwrap() > 0, "{cpuid}");
+    let plain = exitprof(&["stat", "--json", "--duration", "100ms"]);
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert!(
+        plain.get("programs").is_none(),
+        "no cost figures unless asked"
+    );
+}

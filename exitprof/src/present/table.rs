@@ -30,6 +30,24 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
         render_exits(&mut out, snapshot);
     }
     render_events(&mut out, snapshot);
+    if !snapshot.programs.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<36} {:>10} {:>12} {:>12}",
+            "EXITPROF PROGRAM (OWN COST)", "RUNS", "PER RUN", "TOTAL"
+        );
+        for p in &snapshot.programs {
+            let _ = writeln!(
+                out,
+                "{:<36} {:>10} {:>12} {:>12}",
+                p.name,
+                p.run_count,
+                duration(p.ns_per_run()),
+                duration(p.run_time_ns)
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "dropped: {}", snapshot.dropped);
     out
 }

@@ -63,6 +63,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         filter,
         breakdown: true,
         map_entries: None,
+        cost: false,
     })?;
     if args.json {
         signals::install();
