@@ -21,7 +21,8 @@ pub static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(SL
 pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(BREAKDOWN_MAP_ENTRIES, 0);
 
-/// Exits in flight, by thread id.
+/// Exits in flight, by thread id. A thread's entry stays between exits
+/// (closed: `ts_ns == 0`) and goes at thread exit or by LRU eviction.
 #[map]
 pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
     LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
@@ -57,7 +58,8 @@ pub static HYPERCALL_EVENTS: PerCpuHashMap<u64, u64> =
 pub static USERSPACE_EXITS: PerCpuHashMap<u32, UserspaceExitStats> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
-/// Returns to user space in flight, by thread id.
+/// Returns to user space in flight, by thread id; kept like
+/// `PENDING_EXITS`.
 #[map]
 pub static PENDING_USERSPACE: LruHashMap<u32, PendingUserspaceExit> =
     LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
