@@ -292,18 +292,14 @@ impl Profiler {
             .map_err(|e| map_error("TRACKED_TGIDS", e))
     }
 
-    /// Fills the per-vCPU breakdown map with `vcpus` × `reasons` synthetic
-    /// keys (pid 4_000_000, SVM codes from 0x60 on), so that the readout
+    /// Fills the per-vCPU breakdown map with `keys` synthetic keys (pid
+    /// 4_000_000, 30 SVM reasons from 0x60 per vCPU), so that the readout
     /// and the TUI can be measured under a big host's load on a machine
     /// whose KVM emits no `kvm_exit`. Never used for a real profile.
     ///
     /// # Errors
     /// When the map refuses the keys.
-    pub fn fill_breakdown_for_load_test(
-        &mut self,
-        vcpus: u32,
-        reasons: u32,
-    ) -> Result<(), LoadError> {
+    pub fn fill_breakdown_for_load_test(&mut self, keys: u32) -> Result<(), LoadError> {
         use aya::maps::{PerCpuHashMap, PerCpuValues};
         use exitprof_common::{
             maps::{BreakdownKey, BreakdownStats},
@@ -318,25 +314,24 @@ impl Profiler {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_error("nr_cpus", e))?;
         let mut map: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
             map_mut(&mut self.ebpf, "EXIT_BREAKDOWN")?;
-        for vcpu in 0..vcpus {
-            for r in 0..reasons {
-                let key = BreakdownKey {
-                    pid: 4_000_000,
-                    vcpu,
-                    slot: slot(Isa::Svm as u32, 0x60 + r),
-                    _pad: 0,
-                };
-                let value = BreakdownStats {
-                    count: u64::from(vcpu + r + 1),
-                    timed: u64::from(vcpu + r + 1),
-                    total_ns: 1_000 * u64::from(vcpu + r + 1),
-                    max_ns: 2_000,
-                };
-                let values = PerCpuValues::try_from(vec![value; cpus])
-                    .map_err(|e| io_error("per-cpu values", e))?;
-                map.insert(key, values, 0)
-                    .map_err(|e| map_error("EXIT_BREAKDOWN", e))?;
-            }
+        for i in 0..keys {
+            let (vcpu, r) = (i / 30, i % 30);
+            let key = BreakdownKey {
+                pid: 4_000_000,
+                vcpu,
+                slot: slot(Isa::Svm as u32, 0x60 + r),
+                _pad: 0,
+            };
+            let value = BreakdownStats {
+                count: u64::from(vcpu + r + 1),
+                timed: u64::from(vcpu + r + 1),
+                total_ns: 1_000 * u64::from(vcpu + r + 1),
+                max_ns: 2_000,
+            };
+            let values = PerCpuValues::try_from(vec![value; cpus])
+                .map_err(|e| io_error("per-cpu values", e))?;
+            map.insert(key, values, 0)
+                .map_err(|e| map_error("EXIT_BREAKDOWN", e))?;
         }
         Ok(())
     }

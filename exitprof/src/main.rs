@@ -4,6 +4,7 @@
 //! (`readout.rs`, one [`snapshot::Snapshot`]) → presenters.
 
 mod backend;
+mod batch;
 mod cli;
 mod loader;
 mod paging;
@@ -53,6 +54,17 @@ enum Command {
     Report(report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
     Top(tui::TopArgs),
+    /// Time snapshots of a per-vCPU map filled with KEYS synthetic keys
+    /// (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchReadout {
+        /// Keys in the per-vCPU map.
+        #[arg(long)]
+        keys: u32,
+        /// Snapshots to time.
+        #[arg(long, default_value_t = 20)]
+        repeat: u32,
+    },
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
     Vm(workload::VmArgs),
@@ -83,6 +95,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record::main(&args),
         Command::Report(args) => report::main(&args),
         Command::Top(args) => tui::main(&args),
+        Command::BenchReadout { keys, repeat } => bench_readout(keys, repeat),
         Command::Vm(args) => workload::main(&args),
     };
     match result {
@@ -92,4 +105,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `exitprof bench-readout`: one JSON line with the snapshot times.
+fn bench_readout(keys: u32, repeat: u32) -> anyhow::Result<ExitCode> {
+    let mut profiler = loader::Profiler::start(&loader::Options {
+        filter: loader::Filter::All,
+        breakdown: true,
+        map_entries: None,
+        cost: false,
+    })?;
+    profiler.fill_breakdown_for_load_test(keys)?;
+    let mut times = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let started = std::time::Instant::now();
+        let snapshot = profiler.snapshot()?;
+        times.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        anyhow::ensure!(
+            snapshot.exits.iter().filter(|r| r.pid.is_some()).count() >= keys as usize,
+            "the snapshot lost keys"
+        );
+    }
+    times.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({"keys": keys, "min_ns": times[0], "median_ns": times[times.len() / 2]})
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,15 @@
 //! Readout: every map summed over CPUs into one [`Snapshot`]. The only code
 //! besides the loader that touches maps; presenters read snapshots.
 use aya::{
-    Ebpf,
-    maps::{MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    Ebpf, Pod,
+    maps::{MapError, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
         BreakdownKey, BreakdownStats, CpuidKey, ExitStats, MmioKey, MsrKey, PioKey,
-        UserspaceExitStats, drop_reason,
+        UserspaceExitStats,
     },
-    reasons::{self, Isa, SLOT_VMX_OTHER, SLOTS},
+    reasons::{self, Isa, SLOT_VMX_OTHER},
     userspace_exit,
 };
 
@@ -35,28 +35,107 @@ fn err(map: &'static str) -> impl Fn(MapError) -> LoadError {
     }
 }
 
+/// Whether an error means "this kernel cannot batch this map".
+fn cannot_batch(e: &std::io::Error) -> bool {
+    // ENOTSUPP (524) is the kernel-internal code bpf() returns for it.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+/// The fd of map `name` and the number of possible CPUs.
+fn fd_and_cpus(ebpf: &Ebpf, name: &'static str) -> Result<(std::os::fd::RawFd, usize), LoadError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map = ebpf.map(name).ok_or_else(|| LoadError::Map {
+        map: name,
+        source: Box::new(MapError::InvalidName { name: name.into() }),
+    })?;
+    let data = match map {
+        aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
+        _ => return Err(err(name)(MapError::InvalidMapType { map_type: 0 })),
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
+        err(name)(MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error: e,
+        }))
+    })?;
+    Ok((data.fd().as_fd().as_raw_fd(), cpus))
+}
+
+/// Every `(key, per-CPU values)` of per-CPU hash map `name`: batched when
+/// the kernel can, iterated otherwise.
+fn hash_entries<K: Pod + Copy, V: Pod + Copy>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, Vec<V>)>, LoadError> {
+    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
+    match crate::batch::lookup_all::<K, V>(fd, cpus) {
+        Ok(entries) => return Ok(entries),
+        Err(e) if cannot_batch(&e) => {}
+        Err(e) => {
+            return Err(err(name)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            })));
+        }
+    }
+    let map: PerCpuHashMap<_, K, V> = map_ref(ebpf, name)?;
+    map.iter()
+        .map(|item| {
+            let (k, v) = item.map_err(err(name))?;
+            Ok((k, v.iter().copied().collect()))
+        })
+        .collect()
+}
+
+/// Per-CPU values of every slot of per-CPU array `name`, in slot order.
+fn array_entries<V: Pod + Copy>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<V>>, LoadError> {
+    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
+    match crate::batch::lookup_all::<u32, V>(fd, cpus) {
+        Ok(mut entries) => {
+            entries.sort_by_key(|e| e.0);
+            return Ok(entries.into_iter().map(|e| e.1).collect());
+        }
+        Err(e) if cannot_batch(&e) => {}
+        Err(e) => {
+            return Err(err(name)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            })));
+        }
+    }
+    let map: PerCpuArray<_, V> = map_ref(ebpf, name)?;
+    (0..map.len())
+        .map(|i| Ok(map.get(&i, 0).map_err(err(name))?.iter().copied().collect()))
+        .collect()
+}
+
 /// Reads every map.
 ///
 /// # Errors
 /// When a map cannot be read.
 pub fn read(ebpf: &Ebpf, backend: Backend) -> Result<Snapshot, LoadError> {
     let mut snapshot = Snapshot::empty(backend);
-    let stats: PerCpuArray<_, ExitStats> = map_ref(ebpf, "EXIT_STATS")?;
-    for slot in 0..SLOTS {
-        let per_cpu = stats.get(&slot, 0).map_err(err("EXIT_STATS"))?;
-        let sum = sum_exit_stats(&per_cpu);
+    for (slot, per_cpu) in array_entries::<ExitStats>(ebpf, "EXIT_STATS")?
+        .iter()
+        .enumerate()
+    {
+        let sum = sum_exit_stats(per_cpu);
         if sum.count == 0 && sum.timed == 0 {
             continue;
         }
-        snapshot.exits.push(exit_row(slot, None, &sum));
+        snapshot.exits.push(exit_row(
+            u32::try_from(slot).unwrap_or(u32::MAX),
+            None,
+            &sum,
+        ));
     }
-    let breakdown: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
-        map_ref(ebpf, "EXIT_BREAKDOWN")?;
     let mut rows = Vec::new();
-    for item in breakdown.iter() {
-        let (key, per_cpu) = item.map_err(err("EXIT_BREAKDOWN"))?;
+    for (key, per_cpu) in hash_entries::<BreakdownKey, BreakdownStats>(ebpf, "EXIT_BREAKDOWN")? {
         let mut sum = ExitStats::ZERO;
-        for v in per_cpu.iter() {
+        for v in &per_cpu {
             sum.count += v.count;
             sum.timed += v.timed;
             sum.total_ns += v.total_ns;
@@ -69,11 +148,10 @@ pub fn read(ebpf: &Ebpf, backend: Backend) -> Result<Snapshot, LoadError> {
     rows.sort_by_key(|r| (r.pid, r.vcpu, r.reason));
     snapshot.exits.extend(rows);
     snapshot.events = read_events(ebpf)?;
-    let dropped: PerCpuArray<_, u64> = map_ref(ebpf, "DROPPED")?;
-    for slot in 0..drop_reason::SLOTS {
-        let per_cpu = dropped.get(&slot, 0).map_err(err("DROPPED"))?;
-        snapshot.dropped += per_cpu.iter().sum::<u64>();
-    }
+    snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?
+        .iter()
+        .flatten()
+        .sum();
     Ok(snapshot)
 }
 
@@ -118,13 +196,14 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
 }
 
 /// Sums a per-CPU hash map of counters into `(key, total)`, sorted by key.
-fn counts<K: aya::Pod + Ord>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<(K, u64)>, LoadError> {
-    let map: PerCpuHashMap<_, K, u64> = map_ref(ebpf, name)?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (key, per_cpu): (K, PerCpuValues<u64>) = item.map_err(err(name))?;
-        out.push((key, per_cpu.iter().sum()));
-    }
+fn counts<K: Pod + Copy + Ord>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, u64)>, LoadError> {
+    let mut out: Vec<(K, u64)> = hash_entries::<K, u64>(ebpf, name)?
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().sum()))
+        .collect();
     out.sort_by_key(|a| a.0);
     Ok(out)
 }
@@ -167,16 +246,14 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
         .into_iter()
         .map(|(nr, count)| HypercallRow { nr, count })
         .collect();
-    let map: PerCpuHashMap<_, u32, UserspaceExitStats> = map_ref(ebpf, "USERSPACE_EXITS")?;
     let mut userspace_exit = Vec::new();
-    for item in map.iter() {
-        let (reason, per_cpu) = item.map_err(err("USERSPACE_EXITS"))?;
+    for (reason, per_cpu) in hash_entries::<u32, UserspaceExitStats>(ebpf, "USERSPACE_EXITS")? {
         let mut row = UserspaceExitRow {
             reason,
             name: userspace_exit_name(reason),
             ..UserspaceExitRow::default()
         };
-        for v in per_cpu.iter() {
+        for v in &per_cpu {
             row.count += v.count;
             row.roundtrips += v.roundtrips;
             row.roundtrip_total_ns += v.roundtrip_total_ns;

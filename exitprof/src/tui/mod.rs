@@ -227,7 +227,7 @@ async fn run(
     let mut app = App::new(profiler.snapshot()?, hostname(), paging_mode());
     if let Some(vcpus) = load_test_vcpus {
         // After the baseline, so the synthetic rows show as new exits.
-        profiler.fill_breakdown_for_load_test(vcpus, 30)?;
+        profiler.fill_breakdown_for_load_test(vcpus * 30)?;
     }
     let mut input = spawn_input();
     let mut tick = tokio::time::interval(delay);
