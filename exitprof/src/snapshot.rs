@@ -219,13 +219,20 @@ impl Snapshot {
         let mut out = self.clone();
         out.interval_ns = self.interval_ns.saturating_sub(earlier.interval_ns);
         out.dropped = self.dropped.saturating_sub(earlier.dropped);
+        // An index, not a search per row: with thousands of (pid, vCPU,
+        // reason) rows a search per row is quadratic.
+        let before: std::collections::HashMap<_, &ExitRow> = earlier
+            .exits
+            .iter()
+            .map(|e| ((e.isa.as_str(), e.reason, e.pid, e.vcpu), e))
+            .collect();
         out.exits = self
             .exits
             .iter()
             .filter_map(|row| {
-                let before = earlier.exits.iter().find(|e| {
-                    (&e.isa, e.reason, e.pid, e.vcpu) == (&row.isa, row.reason, row.pid, row.vcpu)
-                });
+                let before = before
+                    .get(&(row.isa.as_str(), row.reason, row.pid, row.vcpu))
+                    .copied();
                 let mut row = row.clone();
                 if let Some(b) = before {
                     row.count = row.count.saturating_sub(b.count);
