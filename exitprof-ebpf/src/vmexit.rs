@@ -10,7 +10,7 @@ use exitprof_common::{
 
 use crate::{
     config::{config, current, offset, wanted},
-    counters::{drop_event, entry},
+    counters::{close, entry, open},
     maps::{EXIT_BREAKDOWN, EXIT_STATS, PENDING_EXITS},
 };
 
@@ -61,15 +61,7 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         slot,
         vcpu,
     };
-    // The entry of a vCPU thread stays between exits (closed with
-    // ts_ns = 0) and is rewritten in place: no LRU insert and delete on
-    // every exit.
-    if let Some(slot) = PENDING_EXITS.get_ptr_mut(&tid) {
-        // SAFETY: this thread's entry; only this thread writes it.
-        unsafe { *slot = pending };
-    } else if PENDING_EXITS.insert(&tid, &pending, 0).is_err() {
-        drop_event(drop_reason::PENDING_MAP_FULL);
-    }
+    open(&PENDING_EXITS, tid, &pending);
     Ok(0)
 }
 
@@ -81,16 +73,10 @@ pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
 
 fn try_kvm_entry() -> Result<u32, i64> {
     let (tgid, tid) = current();
-    // Only threads of wanted processes have an entry; ts_ns = 0 is closed.
-    let Some(slot) = PENDING_EXITS.get_ptr_mut(&tid) else {
+    // Only threads of wanted processes have an open entry.
+    let Some(pending) = close(&PENDING_EXITS, tid) else {
         return Ok(0);
     };
-    // SAFETY: the entry is this thread's; only this thread writes it.
-    let pending = unsafe { *slot };
-    if pending.ts_ns == 0 {
-        return Ok(0);
-    }
-    unsafe { (*slot).ts_ns = 0 };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(pending.slot) {
         // SAFETY: per-CPU slot of this CPU.
