@@ -193,8 +193,9 @@ fn top_json_streams_one_interval_per_line() {
     assert!(lines.len() >= 2, "{text}");
     for snap in &lines {
         let interval = snap["interval_ns"].as_u64().unwrap();
+        // 400 ms apart, with room for a loaded CI machine.
         assert!(
-            (350_000_000..1_000_000_000).contains(&interval),
+            (350_000_000..2_000_000_000).contains(&interval),
             "{interval}"
         );
         let cpuid = common::count_where(&snap["events"]["cpuid"], |r| r["leaf"] == 0x4242);
