@@ -295,12 +295,41 @@ fn build_initramfs(
     Ok(image)
 }
 
-/// Boots `scenario` and collects its results.
+/// Boots `scenario` and collects its results. The scenarios bound every
+/// exitprof command with `timeout`, so a hang of exitprof fails them with
+/// exit code 124; a boot that still stalls as a whole is a stall of the
+/// TCG emulation (seen once in about 70 boots), retried once, loudly.
 pub fn run_scenario(
     kernel: &Kernel,
     exitprof: &Path,
     scenario: &Scenario,
 ) -> anyhow::Result<Results> {
+    match boot(kernel, exitprof, scenario) {
+        Err(e) if e.downcast_ref::<Stalled>().is_some() => {
+            println!(
+                "[sandbox] {}: WARNING: {e:#}; booting again once",
+                scenario.name
+            );
+            boot(kernel, exitprof, scenario)
+        }
+        other => other,
+    }
+}
+
+/// The whole sandbox stopped making progress (QEMU was killed).
+#[derive(Debug)]
+struct Stalled(String);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// One boot of `scenario`.
+fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result<Results> {
     let started = Instant::now();
     let initramfs = build_initramfs(kernel, exitprof, scenario)?;
     let log = sandbox_dir().join(format!("{}.log", scenario.name));
@@ -341,13 +370,14 @@ pub fn run_scenario(
         if started.elapsed() > scenario.timeout {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
+            return Err(Stalled(format!(
                 "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
                 scenario.name,
                 scenario.timeout,
                 log.display(),
                 tail(&log)
-            );
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(100));
     };

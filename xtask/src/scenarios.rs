@@ -39,7 +39,7 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
             name: "demo",
             script: &script,
             npt: true,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(240),
         },
     )?;
     for line in results.all("top") {
@@ -107,14 +107,15 @@ T=/sys/kernel/tracing
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-exitprof stat --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
+timeout 120 exitprof stat --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
 echo "@@EXITPROF stat_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 echo "@@EXITPROF vm $(head -n 1 /tmp/stat.out)"
 echo "@@EXITPROF stat $(tail -n 1 /tmp/stat.out)"
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 {FTRACE_COUNTS}
-exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+timeout 120 exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 "#
     );
@@ -125,7 +126,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
             name: "vmexit-ground-truth",
             script: &script,
             npt: true,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(240),
         },
     )?;
     ensure!(
@@ -233,6 +234,11 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         "breakdown {by_vcpu:?} differs from the per-reason rows {ours:?}"
     );
     ensure!(snap["dropped"] == 0, "dropped {}", snap["dropped"]);
+    ensure!(
+        results.get("table_rc")? == "0",
+        "the second exitprof stat run failed with {} (124: it hung and timeout ended it)",
+        results.get("table_rc")?
+    );
     for line in results.all("table") {
         println!("[e2e] | {line}");
     }
@@ -253,7 +259,7 @@ T=/sys/kernel/tracing
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-exitprof record --ept both -o /tmp/r.json 2>/tmp/rec.err
+timeout 120 exitprof record --ept both -o /tmp/r.json 2>/tmp/rec.err
 echo "@@EXITPROF record_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/rec.err
@@ -262,7 +268,7 @@ echo "@@EXITPROF recording $(cat /tmp/r.json)"
 echo "@@EXITPROF lost $(grep -c LOST $T/trace)"
 sed -n 's/^ *[^ ]*-\([0-9][0-9]*\) .* kvm_exit: .* reason \(.*\) rip .*/\1 \2/p' $T/trace | sort | uniq -c |
   while read -r n rest; do echo "@@EXITPROF ftrace $n $rest"; done
-exitprof report /tmp/r.json --svg /tmp/r.svg > /tmp/report.txt
+timeout 60 exitprof report /tmp/r.json --svg /tmp/r.svg > /tmp/report.txt
 echo "@@EXITPROF summary $(tail -n 1 /tmp/report.txt)"
 while IFS= read -r l; do echo "@@EXITPROF svg $l"; done < /tmp/r.svg
 exitprof record --ept both --duration 3s -o /tmp/k.json -- exitprof vm --cpuid 100 --rounds 0 --pause-ms 5 > /dev/null 2>&1 &
@@ -283,7 +289,7 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             name: "record-ept-both",
             script,
             npt: true,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(240),
         },
     )?;
     ensure!(
