@@ -79,6 +79,17 @@ fn start_top(session: &str) {
     assert!(status.success());
 }
 
+/// `exitprof top` in `session` exited 0 and left the alternate screen
+/// (its header is no longer on the pane); ends the session.
+fn assert_ended_cleanly(session: &str) {
+    let after = screen_with(session, "TOP-EXIT=");
+    assert!(after.contains("TOP-EXIT=0"), "{after}");
+    assert!(!after.contains("exitprof top | backend"), "{after}");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", session])
+        .output();
+}
+
 #[test]
 fn top_shows_live_rows_and_restores_the_terminal() {
     let Some(_serial) = can_profile("top_shows_live_rows_and_restores_the_terminal") else {
@@ -119,13 +130,7 @@ fn top_shows_live_rows_and_restores_the_terminal() {
     tmux(&["send-keys", "-t", session, "?"]);
 
     tmux(&["send-keys", "-t", session, "q"]);
-    let after = screen_with(session, "TOP-EXIT=");
-    assert!(after.contains("TOP-EXIT=0"), "{after}");
-    // The alternate screen is gone: the TUI's header is no longer shown.
-    assert!(!after.contains("exitprof top | backend"), "{after}");
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", session])
-        .output();
+    assert_ended_cleanly(session);
 }
 
 #[test]
@@ -143,12 +148,7 @@ fn top_ends_cleanly_on_sigterm() {
     let top: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     // SAFETY: signalling the test's own exitprof.
     unsafe { libc::kill(top, libc::SIGTERM) };
-    let after = screen_with(session, "TOP-EXIT=");
-    assert!(after.contains("TOP-EXIT=0"), "{after}");
-    assert!(!after.contains("exitprof top | backend"), "{after}");
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", session])
-        .output();
+    assert_ended_cleanly(session);
 }
 
 #[test]
