@@ -305,13 +305,8 @@ impl Profiler {
             maps::{BreakdownKey, BreakdownStats},
             reasons::{Isa, slot},
         };
-        let io_error = |call, io_error| {
-            map_error(
-                "EXIT_BREAKDOWN",
-                aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
-            )
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io_error("nr_cpus", e))?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, e)| syscall_error("EXIT_BREAKDOWN", "nr_cpus", e))?;
         let mut map: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
             map_mut(&mut self.ebpf, "EXIT_BREAKDOWN")?;
         for i in 0..keys {
@@ -329,7 +324,7 @@ impl Profiler {
                 max_ns: 2_000,
             };
             let values = PerCpuValues::try_from(vec![value; cpus])
-                .map_err(|e| io_error("per-cpu values", e))?;
+                .map_err(|e| syscall_error("EXIT_BREAKDOWN", "per-cpu values", e))?;
             map.insert(key, values, 0)
                 .map_err(|e| map_error("EXIT_BREAKDOWN", e))?;
         }
@@ -413,6 +408,18 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), LoadError> {
     program.load().map_err(fail)?;
     program.attach(hook.category, hook.event).map_err(fail)?;
     Ok(())
+}
+
+/// A failed system call on map `map`, as a [`LoadError`].
+pub(crate) fn syscall_error(
+    map: &'static str,
+    call: &'static str,
+    io_error: std::io::Error,
+) -> LoadError {
+    map_error(
+        map,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    )
 }
 
 fn map_error(map: &'static str, source: aya::maps::MapError) -> LoadError {

@@ -15,7 +15,7 @@ use exitprof_common::{
 
 use crate::{
     backend::Backend,
-    loader::{LoadError, map_ref},
+    loader::{LoadError, map_ref, syscall_error},
     snapshot::{
         CpuidRow, Events, ExitRow, HypercallRow, MmioRow, MsrRow, PioRow, Snapshot,
         UserspaceExitRow,
@@ -55,31 +55,31 @@ fn fd_and_cpus(ebpf: &Ebpf, name: &'static str) -> Result<(std::os::fd::RawFd, u
         aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
         _ => return Err(err(name)(MapError::InvalidMapType { map_type: 0 })),
     };
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
-        err(name)(MapError::SyscallError(aya::sys::SyscallError {
-            call: "nr_cpus",
-            io_error: e,
-        }))
-    })?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| syscall_error(name, "nr_cpus", e))?;
     Ok((data.fd().as_fd().as_raw_fd(), cpus))
 }
 
-/// Every `(key, per-CPU values)` of per-CPU hash map `name`: batched when
-/// the kernel can, iterated otherwise.
+/// Every `(key, per-CPU values)` of per-CPU map `name` in a few batched
+/// syscalls; `None` when this kernel cannot batch the map (then iterate).
+fn batched<K: Copy, V: Copy>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Option<Vec<(K, Vec<V>)>>, LoadError> {
+    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
+    match crate::batch::lookup_all::<K, V>(fd, cpus) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if cannot_batch(&e) => Ok(None),
+        Err(e) => Err(syscall_error(name, "bpf_map_lookup_batch", e)),
+    }
+}
+
+/// Every `(key, per-CPU values)` of per-CPU hash map `name`.
 fn hash_entries<K: Pod + Copy, V: Pod + Copy>(
     ebpf: &Ebpf,
     name: &'static str,
 ) -> Result<Vec<(K, Vec<V>)>, LoadError> {
-    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
-    match crate::batch::lookup_all::<K, V>(fd, cpus) {
-        Ok(entries) => return Ok(entries),
-        Err(e) if cannot_batch(&e) => {}
-        Err(e) => {
-            return Err(err(name)(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            })));
-        }
+    if let Some(entries) = batched(ebpf, name)? {
+        return Ok(entries);
     }
     let map: PerCpuHashMap<_, K, V> = map_ref(ebpf, name)?;
     map.iter()
@@ -92,19 +92,9 @@ fn hash_entries<K: Pod + Copy, V: Pod + Copy>(
 
 /// Per-CPU values of every slot of per-CPU array `name`, in slot order.
 fn array_entries<V: Pod + Copy>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<V>>, LoadError> {
-    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
-    match crate::batch::lookup_all::<u32, V>(fd, cpus) {
-        Ok(mut entries) => {
-            entries.sort_by_key(|e| e.0);
-            return Ok(entries.into_iter().map(|e| e.1).collect());
-        }
-        Err(e) if cannot_batch(&e) => {}
-        Err(e) => {
-            return Err(err(name)(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            })));
-        }
+    if let Some(mut entries) = batched::<u32, V>(ebpf, name)? {
+        entries.sort_by_key(|e| e.0);
+        return Ok(entries.into_iter().map(|e| e.1).collect());
     }
     let map: PerCpuArray<_, V> = map_ref(ebpf, name)?;
     (0..map.len())
