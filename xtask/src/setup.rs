@@ -27,6 +27,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "librsvg2-bin",
         "the e2e test renders exitprof report's SVG chart",
     ),
+    ("flex", "building the patched KVM modules (kconfig)"),
+    ("bison", "building the patched KVM modules (kconfig)"),
+    ("bc", "building the patched KVM modules"),
+    ("libelf-dev", "building the patched KVM modules (objtool)"),
+    ("libssl-dev", "building the patched KVM modules (sign-file)"),
+    (
+        "dwarves",
+        "building the patched KVM modules (pahole, module BTF)",
+    ),
+    ("git", "cargo xtask kernel applies the patch with git apply"),
 ];
 
 /// bpf-linker version that builds with LLVM 22 and aya 0.14.
