@@ -16,6 +16,7 @@ use exitprof_common::{
 
 use crate::{
     backend::Backend,
+    mirror::{Mirror, MirrorStatus},
     readout,
     snapshot::{ProgramCost, Snapshot},
     tracefs::{self, Format, TracefsError},
@@ -186,6 +187,8 @@ pub struct Profiler {
     attached: Vec<&'static str>,
     /// Holds `kernel.bpf_stats_enabled` on while open (`Options::cost`).
     stats: Option<std::os::fd::OwnedFd>,
+    /// The registration with a patched KVM's guest CPUID mirror.
+    mirror: Mirror,
 }
 
 impl Profiler {
@@ -272,12 +275,22 @@ impl Profiler {
         } else {
             None
         };
+        let mirror = match ebpf.map("EXIT_STATS").and_then(crate::mirror::map_fd) {
+            Some(fd) => Mirror::register(fd),
+            None => Mirror::unregistered(MirrorStatus::Failed(
+                "EXIT_STATS is not a per-CPU array".to_owned(),
+            )),
+        };
+        if let MirrorStatus::Failed(why) = &mirror.status {
+            eprintln!("exitprof: note: guest CPUID mirror: {why}");
+        }
         Ok(Self {
             ebpf,
             backend: Backend::detect(),
             started: Instant::now(),
             attached,
             stats,
+            mirror,
         })
     }
 
@@ -358,6 +371,10 @@ impl Profiler {
                 .collect();
         }
         snapshot.interval_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.mirror
+            .status
+            .name()
+            .clone_into(&mut snapshot.guest_mirror);
         Ok(snapshot)
     }
 }

@@ -28,6 +28,10 @@ pub struct Snapshot {
     pub events: Events,
     /// Events lost to full maps.
     pub dropped: u64,
+    /// The guest CPUID mirror of a patched KVM: "registered", "unpatched",
+    /// "busy" or "failed" (absent in recordings older than the mirror).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub guest_mirror: String,
     /// exitprof's own cost per program (with `--cost`; kernel BPF stats).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramCost>,

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     backend::Backend,
+    mirror::MirrorStatus,
     present::{duration, exit_columns},
     snapshot::Snapshot,
 };
@@ -24,6 +25,13 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     );
     if let Some(note) = backend.and_then(Backend::vmexit_note) {
         let _ = writeln!(out, "note: {note}");
+    }
+    if !snapshot.guest_mirror.is_empty() {
+        let _ = writeln!(
+            out,
+            "guest mirror: {}",
+            MirrorStatus::describe(&snapshot.guest_mirror)
+        );
     }
     out.push('\n');
     if snapshot.vmexit_available {
