@@ -6,7 +6,9 @@
 mod backend;
 mod batch;
 mod cli;
+mod guest;
 mod loader;
+mod mirror;
 mod paging;
 mod present;
 mod readout;
@@ -36,7 +38,8 @@ Examples:
   sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s --json
   sudo exitprof top
   sudo exitprof record --ept both -o r.json && exitprof report r.json
-  exitprof vm --cpuid 100 --hlt 5 --json"
+  exitprof vm --cpuid 100 --hlt 5 --json
+  exitprof guest          # inside a VM whose host runs the patched KVM"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +57,9 @@ enum Command {
     Report(report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
     Top(tui::TopArgs),
+    /// Inside a VM: read the hypervisor's exit statistics from the CPUID
+    /// leaves of a KVM with exitprof's patch.
+    Guest(guest::GuestArgs),
     /// Time snapshots of a per-vCPU map filled with KEYS synthetic keys
     /// (for `cargo xtask bench`).
     #[command(hide = true)]
@@ -95,6 +101,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record::main(&args),
         Command::Report(args) => report::main(&args),
         Command::Top(args) => tui::main(&args),
+        Command::Guest(args) => guest::main(&args),
         Command::BenchReadout { keys, repeat } => bench_readout(keys, repeat),
         Command::Vm(args) => workload::main(&args),
     };
