@@ -15,6 +15,48 @@ pub const PARAMS_GPA: u32 = 0x500;
 pub const DONE_PORT: u16 = 0xf4;
 /// Byte the guest writes with `out`.
 pub const OUT_BYTE: u8 = 0x5a;
+/// The port the guest reports each query's eax, ebx, ecx and edx on, with
+/// four 4-byte `out`s. Not a workload port either.
+pub const REPORT_PORT: u16 = 0xf0;
+/// Guest-physical address of the query list (12 bytes per [`Query`]).
+pub const QUERIES_GPA: u32 = 0x600;
+/// Most queries one run takes (they must fit below [`CODE_GPA`]).
+pub const MAX_QUERIES: usize = (CODE_GPA as usize - QUERIES_GPA as usize) / 12;
+
+/// One instruction whose result registers the guest reports, for reading
+/// a hypervisor's answers (e.g. the exitprof CPUID leaves of a patched
+/// KVM) from inside the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// `cpuid` with eax = `leaf`, ecx = `subleaf`.
+    Cpuid {
+        /// eax.
+        leaf: u32,
+        /// ecx.
+        subleaf: u32,
+    },
+    /// The vendor's hypercall instruction with eax = `nr` (ebx = edx = 0).
+    Hypercall {
+        /// eax.
+        nr: u32,
+    },
+}
+
+impl Query {
+    /// The list entry: kind (0 cpuid, 1 hypercall), eax, ecx.
+    #[must_use]
+    pub fn to_bytes(self) -> [u8; 12] {
+        let (kind, eax, ecx) = match self {
+            Self::Cpuid { leaf, subleaf } => (0u32, leaf, subleaf),
+            Self::Hypercall { nr } => (1, nr, 0),
+        };
+        let mut b = [0; 12];
+        b[..4].copy_from_slice(&kind.to_le_bytes());
+        b[4..8].copy_from_slice(&eax.to_le_bytes());
+        b[8..].copy_from_slice(&ecx.to_le_bytes());
+        b
+    }
+}
 
 /// The parameter block: little-endian u32 at `PARAMS_GPA + 4 * index`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +76,8 @@ pub struct Params {
     /// Paging rounds: each writes CR3, does one INVLPG and touches
     /// [`TOUCHED_PAGES`] pages (needs paging on, see [`page_tables`]).
     pub paging: u32,
+    /// Entries of the query list at [`QUERIES_GPA`].
+    pub queries: u32,
 }
 
 impl Params {
@@ -54,6 +98,7 @@ impl Params {
             self.hypercall.1,
             self.hlt,
             self.paging,
+            self.queries,
         ]
         .iter()
         .flat_map(|v| v.to_le_bytes())
@@ -218,6 +263,27 @@ pub fn program(hypercall: Hypercall) -> Vec<u8> {
             0x89, 0x07, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xf4,
         ]);
     });
+    a.bytes(&[0xbf]); // mov edi, QUERIES_GPA
+    a.bytes(&QUERIES_GPA.to_le_bytes());
+    a.repeat(param(13), |a| {
+        let report = u8::try_from(REPORT_PORT).expect("8-bit port");
+        a.bytes(&[0x8b, 0x47, 0x04]); // mov eax, [edi+4]
+        a.bytes(&[0x8b, 0x4f, 0x08]); // mov ecx, [edi+8]
+        a.bytes(&[0x83, 0x3f, 0x00]); // cmp dword [edi], 0
+        a.bytes(&[0x75, 0x04]); // jne hypercall
+        a.bytes(&[0x0f, 0xa2]); // cpuid
+        a.bytes(&[0xeb, 0x07]); // jmp report
+        a.bytes(&[0x31, 0xdb, 0x31, 0xd2]); // hypercall: xor ebx, ebx; xor edx, edx
+        a.bytes(match hypercall {
+            Hypercall::Vmcall => &[0x0f, 0x01, 0xc1],
+            Hypercall::Vmmcall => &[0x0f, 0x01, 0xd9],
+        });
+        a.bytes(&[0xe7, report]); // report: out REPORT_PORT, eax
+        a.bytes(&[0x89, 0xd8, 0xe7, report]); // mov eax, ebx; out
+        a.bytes(&[0x89, 0xc8, 0xe7, report]); // mov eax, ecx; out
+        a.bytes(&[0x89, 0xd0, 0xe7, report]); // mov eax, edx; out
+        a.bytes(&[0x83, 0xc7, 0x0c]); // add edi, 12
+    });
     a.bytes(&[0xe6, u8::try_from(DONE_PORT).expect("8-bit port")]); // out DONE_PORT, al
     a.bytes(&[0xeb, 0xfe]); // jmp $ (never reached: the VMM stops)
     a.code
@@ -279,6 +345,25 @@ mod tests {
     }
 
     #[test]
+    fn query_block_branches_land_on_their_targets() {
+        let code = program(Hypercall::Vmmcall);
+        let at = code
+            .windows(3)
+            .position(|w| w == [0x83, 0x3f, 0x00])
+            .unwrap();
+        // jne +4 skips `cpuid; jmp` onto `xor ebx, ebx`.
+        assert_eq!(&code[at + 3..at + 5], &[0x75, 0x04]);
+        assert_eq!(&code[at + 9..at + 11], &[0x31, 0xdb]);
+        // jmp +7 skips the hypercall path onto `out 0xf0, eax`.
+        assert_eq!(&code[at + 7..at + 9], &[0xeb, 0x07]);
+        assert_eq!(&code[at + 16..at + 18], &[0xe7, 0xf0]);
+        assert_eq!(
+            Query::Hypercall { nr: 0x283 }.to_bytes(),
+            [1, 0, 0, 0, 0x83, 2, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
     fn params_layout() {
         let p = Params {
             cpuid: (1, 2, 3),
@@ -286,7 +371,7 @@ mod tests {
             ..Params::default()
         };
         let b = p.to_bytes();
-        assert_eq!(b.len(), 52);
+        assert_eq!(b.len(), 56);
         assert_eq!(&b[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
         assert_eq!(&b[44..48], &[9, 0, 0, 0]);
     }

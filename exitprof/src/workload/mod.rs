@@ -17,7 +17,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{backend::Backend, cli::parse_number};
-pub use guest::{DONE_PORT, Hypercall, Params};
+pub use guest::{DONE_PORT, Hypercall, MAX_QUERIES, Params, Query};
 
 /// Arguments of `exitprof vm`.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,8 +28,14 @@ N HLTs, N paging rounds (CR3 write, INVLPG, 64 page touches; paging is
 on only with --paging), then one `out` to port 0xf4 (the done signal, not counted with the
 workload's port).
 
+--query runs after them, in order, and reports the result registers: for
+cpuid:LEAF[:SUBLEAF] the eax, ebx, ecx, edx of CPUID; for hypercall:NR those
+after the vendor's hypercall instruction (eax = NR, ebx = edx = 0). Each
+query adds one CPUID or hypercall exit and four `out`s to port 0xf0.
+
 Examples:
   exitprof vm --cpuid 1234 --pio 300 --mmio 200 --json
+  exitprof vm --query cpuid:0x4ffffffb --query cpuid:0x4ffffffd:0x72 --query hypercall:0x283
   exitprof vm --cpuid 100 --hlt 5 --rounds 0 --pause-ms 100   # until Ctrl-C")]
 pub struct VmArgs {
     /// CPUID instructions per round.
@@ -75,6 +81,9 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub paging: u32,
     /// Rounds to run; 0 runs until Ctrl-C or SIGTERM.
+    /// Query and report: cpuid:LEAF[:SUBLEAF] or hypercall:NR (repeatable).
+    #[arg(long = "query", value_parser = parse_query, value_name = "QUERY")]
+    pub queries: Vec<Query>,
     #[arg(long, default_value_t = 1, value_name = "R")]
     pub rounds: u64,
     /// Pause between rounds, in milliseconds.
@@ -87,6 +96,26 @@ pub struct VmArgs {
 
 fn parse_u32(text: &str) -> Result<u32, String> {
     u32::try_from(parse_number(text)?).map_err(|_| format!("{text} does not fit in 32 bits"))
+}
+
+fn parse_query(text: &str) -> Result<Query, String> {
+    let mut parts = text.split(':');
+    let kind = parts.next().unwrap_or_default();
+    let numbers: Vec<u32> = parts.map(parse_u32).collect::<Result<_, _>>()?;
+    match (kind, numbers.as_slice()) {
+        ("cpuid", [leaf]) => Ok(Query::Cpuid {
+            leaf: *leaf,
+            subleaf: 0,
+        }),
+        ("cpuid", [leaf, subleaf]) => Ok(Query::Cpuid {
+            leaf: *leaf,
+            subleaf: *subleaf,
+        }),
+        ("hypercall", [nr]) => Ok(Query::Hypercall { nr: *nr }),
+        _ => Err(format!(
+            "{text:?}: expected cpuid:LEAF, cpuid:LEAF:SUBLEAF or hypercall:NR"
+        )),
+    }
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -144,6 +173,9 @@ pub enum WorkloadError {
     /// The backend cannot run part of the request.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// More queries than the guest's list holds.
+    #[error("too many --query ({0}): the guest's query list holds at most {MAX_QUERIES}")]
+    TooManyQueries(usize),
     /// The exits that reached user space are not the ones requested.
     #[error("expected {expected} {reason} exits to user space in {rounds} round(s), saw {seen}")]
     Mismatch {
@@ -183,8 +215,48 @@ pub struct Report {
     pub requested: Requested,
     /// Exits that reached user space, by `KVM_EXIT_*` name, over all rounds.
     pub userspace_exits: BTreeMap<&'static str, u64>,
+    /// Every query of every round, in the order the guest ran them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<QueryResult>,
     /// Wall time of all rounds.
     pub duration_ns: u64,
+}
+
+/// What one query returned in the guest.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    /// "cpuid" or "hypercall".
+    pub kind: &'static str,
+    /// eax in (leaf or hypercall number).
+    pub eax_in: u32,
+    /// ecx in (subleaf; 0 for hypercalls).
+    pub ecx_in: u32,
+    /// Result registers.
+    pub eax: u32,
+    /// Result registers.
+    pub ebx: u32,
+    /// Result registers.
+    pub ecx: u32,
+    /// Result registers.
+    pub edx: u32,
+}
+
+impl QueryResult {
+    fn new(query: Query, regs: &[u32]) -> Self {
+        let (kind, eax_in, ecx_in) = match query {
+            Query::Cpuid { leaf, subleaf } => ("cpuid", leaf, subleaf),
+            Query::Hypercall { nr } => ("hypercall", nr, 0),
+        };
+        Self {
+            kind,
+            eax_in,
+            ecx_in,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+        }
+    }
 }
 
 /// The per-round request, as the report shows it.
@@ -244,11 +316,18 @@ impl From<&VmArgs> for Requested {
 /// See [`WorkloadError`].
 pub fn run(args: &VmArgs) -> Result<Report, WorkloadError> {
     let backend = Backend::detect();
-    if backend == Backend::Pvm && args.hypercall > 0 {
+    if args.queries.len() > MAX_QUERIES {
+        return Err(WorkloadError::TooManyQueries(args.queries.len()));
+    }
+    let hypercall_queries = args
+        .queries
+        .iter()
+        .any(|q| matches!(q, Query::Hypercall { .. }));
+    if backend == Backend::Pvm && (args.hypercall > 0 || hypercall_queries) {
         // Measured: under PVM the guest's vmmcall never completes (the
         // vCPU spins in KVM_RUN), so refuse instead of hanging.
         return Err(WorkloadError::Unsupported(
-            "--hypercall is not supported on the PVM backend: its vmmcall does not complete there",
+            "--hypercall and --query hypercall:NR are not supported on the PVM backend: its vmmcall does not complete there",
         ));
     }
     if backend == Backend::Pvm && args.paging > 0 {
@@ -266,13 +345,14 @@ pub fn run(args: &VmArgs) -> Result<Report, WorkloadError> {
         hypercall: (args.hypercall, args.hypercall_nr),
         hlt: args.hlt,
         paging: args.paging,
+        queries: u32::try_from(args.queries.len()).expect("at most MAX_QUERIES"),
     };
     let hypercall = if backend == Backend::Vmx {
         Hypercall::Vmcall
     } else {
         Hypercall::Vmmcall
     };
-    let mut machine = vmm::Machine::new(params, hypercall, args.mmio_gpa)?;
+    let mut machine = vmm::Machine::new(params, &args.queries, hypercall, args.mmio_gpa)?;
     let mut exits = BTreeMap::new();
     let started = Instant::now();
     let mut rounds = 0;
@@ -286,7 +366,10 @@ pub fn run(args: &VmArgs) -> Result<Report, WorkloadError> {
         }
     }
     let expected = [
-        ("IO", (2 * u64::from(args.pio) + 1) * rounds),
+        (
+            "IO",
+            (2 * u64::from(args.pio) + 1 + 4 * args.queries.len() as u64) * rounds,
+        ),
         ("MMIO", 2 * u64::from(args.mmio) * rounds),
         ("HLT", u64::from(args.hlt) * rounds),
     ];
@@ -316,6 +399,12 @@ pub fn run(args: &VmArgs) -> Result<Report, WorkloadError> {
         rounds,
         requested: Requested::from(args),
         userspace_exits: exits,
+        queries: machine
+            .reported
+            .chunks_exact(4)
+            .zip(args.queries.iter().cycle())
+            .map(|(regs, query)| QueryResult::new(*query, regs))
+            .collect(),
         duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
     })
 }
@@ -362,6 +451,12 @@ pub fn main(args: &VmArgs) -> anyhow::Result<ExitCode> {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         println!("  exits to user space: {}", exits.join(", "));
+        for q in &report.queries {
+            println!(
+                "  {} {:#x}/{:#x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
+                q.kind, q.eax_in, q.ecx_in, q.eax, q.ebx, q.ecx, q.edx
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,8 +9,8 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use super::{
     WorkloadError,
     guest::{
-        CODE_GPA, DONE_PORT, Hypercall, PAGE_DIRECTORY_GPA, PARAMS_GPA, Params, page_tables,
-        program,
+        CODE_GPA, DONE_PORT, Hypercall, PAGE_DIRECTORY_GPA, PARAMS_GPA, Params, QUERIES_GPA, Query,
+        REPORT_PORT, page_tables, program,
     },
 };
 
@@ -67,6 +67,8 @@ pub struct Machine {
     vcpu: VcpuFd,
     /// 32-bit paging on (page tables at `PAGE_DIRECTORY_GPA`).
     paging: bool,
+    /// The 32-bit values the guest wrote to `REPORT_PORT`, in order.
+    pub reported: Vec<u32>,
     // Dropped after the VM that maps it.
     _ram: Ram,
 }
@@ -77,13 +79,20 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WorkloadError {
 
 impl Machine {
     /// Opens `/dev/kvm`, creates the VM and loads `params` and the program.
-    pub fn new(params: Params, hypercall: Hypercall, mmio_gpa: u32) -> Result<Self, WorkloadError> {
+    pub fn new(
+        params: Params,
+        queries: &[Query],
+        hypercall: Hypercall,
+        mmio_gpa: u32,
+    ) -> Result<Self, WorkloadError> {
         let kvm = Kvm::new()
             .map_err(|e| WorkloadError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mut ram = Ram::new()?;
         ram.write(u64::from(PARAMS_GPA), &params.to_bytes());
         ram.write(CODE_GPA, &program(hypercall));
+        let list: Vec<u8> = queries.iter().flat_map(|q| q.to_bytes()).collect();
+        ram.write(u64::from(QUERIES_GPA), &list);
         let paging = params.paging > 0;
         if paging {
             for (gpa, bytes) in page_tables(RAM_BYTES as u32, mmio_gpa) {
@@ -111,6 +120,7 @@ impl Machine {
             _vm: vm,
             vcpu,
             paging,
+            reported: Vec::new(),
             _ram: ram,
         };
         machine.reset()?;
@@ -186,6 +196,11 @@ impl Machine {
                 VcpuExit::IoOut(port, _) if port == DONE_PORT => {
                     *exits.entry("IO").or_default() += 1;
                     return Ok(true);
+                }
+                VcpuExit::IoOut(port, data) if port == REPORT_PORT && data.len() == 4 => {
+                    self.reported
+                        .push(u32::from_le_bytes(data.try_into().expect("4 bytes")));
+                    "IO"
                 }
                 VcpuExit::IoOut(..) => "IO",
                 VcpuExit::IoIn(_, data) => {
