@@ -4,7 +4,11 @@
 //! - `demo`: the main job on the built-in default workload
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
+//! - `kernel`: the patched KVM modules for the sandbox kernel
+//! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
 
+mod kernel;
+mod mirror_scenario;
 mod sandbox;
 mod scenarios;
 mod setup;
@@ -30,6 +34,12 @@ enum Task {
     Test(sandbox::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
     E2e(sandbox::E2eArgs),
+    /// Apply kernel-patch/ to Debian's linux-source-6.1 and build the
+    /// patched kvm, kvm-amd and kvm-intel modules for the sandbox kernel
+    /// (cached under target/kernel).
+    Kernel,
+    /// Regenerate kernel-patch/6.1's ABI header patch from exitprof-common.
+    KernelHeader,
     /// Boot the sandbox once and run a shell script in it (exitprof is on
     /// PATH); prints the serial log. For trying things by hand.
     Sandbox {
@@ -38,6 +48,9 @@ enum Task {
         /// Boot kvm-amd with npt=0 (shadow paging).
         #[arg(long)]
         shadow: bool,
+        /// Boot the patched KVM modules of `cargo xtask kernel`.
+        #[arg(long)]
+        patched: bool,
     },
 }
 
@@ -50,10 +63,24 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             sandbox::e2e(&args).map(|_| ())
         }
-        Task::Sandbox { script, shadow } => {
+        Task::Kernel => {
+            setup::setup()?;
+            kernel::kernel()
+        }
+        Task::KernelHeader => kernel::write_header_patch(),
+        Task::Sandbox {
+            script,
+            shadow,
+            patched,
+        } => {
             setup::setup()?;
             let kernel = sandbox::fetch_kernel()?;
             let exitprof = tasks::build_release()?;
+            let modules = if patched {
+                Some(kernel::build(&kernel)?)
+            } else {
+                None
+            };
             let results = sandbox::run_scenario(
                 &kernel,
                 &exitprof,
@@ -62,6 +89,7 @@ fn main() -> anyhow::Result<()> {
                     script: &script,
                     npt: !shadow,
                     timeout: std::time::Duration::from_secs(600),
+                    modules: modules.as_deref(),
                 },
             )?;
             print!("{}", std::fs::read_to_string(&results.log)?);

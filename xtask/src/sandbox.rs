@@ -180,6 +180,9 @@ pub struct Scenario<'a> {
     pub npt: bool,
     /// Kill QEMU after this long.
     pub timeout: Duration,
+    /// A directory holding patched `arch/x86/kvm/kvm.ko` and `kvm-amd.ko`
+    /// (`cargo xtask kernel`) to boot with instead of the image's.
+    pub modules: Option<&'a Path>,
 }
 
 /// What a scenario reported.
@@ -275,7 +278,11 @@ fn build_initramfs(
     // modprobe (and exitprof record's module reload) work.
     let modules = root.join("lib/modules").join(&kernel.release);
     for m in KVM_AMD_MODULES {
-        let from = kernel.modules.join("kernel").join(m);
+        let patched = scenario
+            .modules
+            .map(|dir| dir.join(m))
+            .filter(|p| p.exists());
+        let from = patched.unwrap_or_else(|| kernel.modules.join("kernel").join(m));
         let to = modules.join("kernel").join(m);
         fs::create_dir_all(to.parent().expect("module path"))?;
         fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;

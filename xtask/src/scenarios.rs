@@ -22,6 +22,11 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
         record_ept_both(kernel, exitprof)?;
         passed += 1;
     }
+    if wanted("guest-cpuid-mirror") {
+        let modules = crate::kernel::build(kernel)?;
+        crate::mirror_scenario::guest_cpuid_mirror(kernel, exitprof, &modules)?;
+        passed += 1;
+    }
     Ok(passed)
 }
 
@@ -40,6 +45,7 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
             script: &script,
             npt: true,
             timeout: Duration::from_secs(240),
+            modules: None,
         },
     )?;
     for line in results.all("top") {
@@ -127,6 +133,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
             script: &script,
             npt: true,
             timeout: Duration::from_secs(240),
+            modules: None,
         },
     )?;
     ensure!(
@@ -290,6 +297,7 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             script,
             npt: true,
             timeout: Duration::from_secs(240),
+            modules: None,
         },
     )?;
     ensure!(
