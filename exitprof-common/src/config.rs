@@ -52,6 +52,22 @@ pub struct Offsets {
     pub fork_child_pid: u32,
 }
 
+/// Byte offsets into kernel structures for the raw `kvm_exit` program,
+/// resolved from the kernel's BTF at load time (raw attach mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawOffsets {
+    /// `struct kvm_vcpu.vcpu_id` (int).
+    pub kvm_vcpu_id: u32,
+    /// `struct vcpu_svm.vmcb` (a `struct vmcb *`), from the `kvm_vcpu`
+    /// it embeds at offset 0.
+    pub svm_vmcb: u32,
+    /// `struct vmcb.control.exit_code`.
+    pub vmcb_exit_code: u32,
+    /// `struct vcpu_vmx.exit_reason` (`union vmx_exit_reason`, 32 bits).
+    pub vmx_exit_reason: u32,
+}
+
 /// The one global the loader sets before loading the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +78,8 @@ pub struct Config {
     pub breakdown: u32,
     /// Record field offsets for the classic tracepoints.
     pub offsets: Offsets,
+    /// Structure offsets for the raw tracepoints.
+    pub raw: RawOffsets,
 }
 
 #[cfg(feature = "user")]

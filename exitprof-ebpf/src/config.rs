@@ -2,7 +2,7 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use exitprof_common::{
     Config,
-    config::{FILTER_ALL, Offsets},
+    config::{FILTER_ALL, Offsets, RawOffsets},
 };
 
 use crate::maps::TRACKED_TGIDS;
@@ -32,6 +32,12 @@ pub(crate) static CONFIG: Config = Config {
         ioctl_cmd: 0,
         fork_parent_pid: 0,
         fork_child_pid: 0,
+    },
+    raw: RawOffsets {
+        kvm_vcpu_id: 0,
+        svm_vmcb: 0,
+        vmcb_exit_code: 0,
+        vmx_exit_reason: 0,
     },
 };
 

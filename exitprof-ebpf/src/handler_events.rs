@@ -1,7 +1,12 @@
 //! Exit-handler events: what KVM's handlers saw (every backend, PVM too).
-//! Each program is a thin wrapper around `try_*`; the record offsets come
-//! from tracefs through `CONFIG.offsets`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! Each event has a classic program (record offsets from tracefs through
+//! `CONFIG.offsets`) and a raw one (the `TP_PROTO` arguments, whose types
+//! the loader checks against BTF), both thin wrappers around one
+//! `record_*` body.
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use exitprof_common::maps::{CpuidKey, MmioKey, MsrKey, PioKey, drop_reason};
 
 use crate::{
@@ -37,6 +42,19 @@ fn try_kvm_cpuid(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
+/// `kvm_cpuid(unsigned int function, unsigned int index, ...)`, raw.
+#[raw_tracepoint(tracepoint = "kvm_cpuid")]
+pub fn kvm_cpuid_raw(ctx: RawTracePointContext) -> u32 {
+    if wanted(current().0) {
+        let key = CpuidKey {
+            leaf: ctx.arg::<u64>(0) as u32,
+            subleaf: ctx.arg::<u64>(1) as u32,
+        };
+        increment(&CPUID_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    }
+    0
+}
+
 /// `kvm:kvm_pio` (`kernel_pio`/`emulator_pio_in_out`): one per port access.
 #[tracepoint]
 pub fn kvm_pio(ctx: TracePointContext) -> u32 {
@@ -59,6 +77,21 @@ fn try_kvm_pio(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
+/// `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, ...)`,
+/// raw.
+#[raw_tracepoint(tracepoint = "kvm_pio")]
+pub fn kvm_pio_raw(ctx: RawTracePointContext) -> u32 {
+    if wanted(current().0) {
+        let key = PioKey {
+            port: ctx.arg::<u64>(1) as u16,
+            write: u8::from(ctx.arg::<u64>(0) as u32 != 0),
+            size: ctx.arg::<u64>(2) as u8,
+        };
+        increment(&PIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    }
+    0
+}
+
 /// `kvm:kvm_mmio`: MMIO reads and writes KVM emulated.
 #[tracepoint]
 pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
@@ -70,19 +103,36 @@ fn try_kvm_mmio(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     // SAFETY: as above.
-    let kind = unsafe { ctx.read_at::<u32>(offset!(mmio_type))? };
-    if kind == MMIO_UNSATISFIED_READ {
-        return Ok(0);
+    let (kind, gpa) = unsafe {
+        (
+            ctx.read_at::<u32>(offset!(mmio_type))?,
+            ctx.read_at::<u64>(offset!(mmio_gpa))?,
+        )
+    };
+    record_mmio(kind, gpa);
+    Ok(0)
+}
+
+/// `kvm_mmio(int type, int len, u64 gpa, void *val)`, raw.
+#[raw_tracepoint(tracepoint = "kvm_mmio")]
+pub fn kvm_mmio_raw(ctx: RawTracePointContext) -> u32 {
+    if wanted(current().0) {
+        record_mmio(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(2));
     }
-    // SAFETY: as above.
-    let gpa = unsafe { ctx.read_at::<u64>(offset!(mmio_gpa))? };
+    0
+}
+
+#[inline(always)]
+fn record_mmio(kind: u32, gpa: u64) {
+    if kind == MMIO_UNSATISFIED_READ {
+        return;
+    }
     let key = MmioKey {
         gpa,
         write: u32::from(kind == MMIO_WRITE),
         _pad: 0,
     };
     increment(&MMIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
-    Ok(0)
 }
 
 /// `kvm:kvm_msr`: `rdmsr`/`wrmsr` KVM handled.
@@ -106,6 +156,19 @@ fn try_kvm_msr(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
+/// `kvm_msr(unsigned write, u32 ecx, u64 data, bool exception)`, raw.
+#[raw_tracepoint(tracepoint = "kvm_msr")]
+pub fn kvm_msr_raw(ctx: RawTracePointContext) -> u32 {
+    if wanted(current().0) {
+        let key = MsrKey {
+            index: ctx.arg::<u64>(1) as u32,
+            write: u32::from(ctx.arg::<u64>(0) as u32 != 0),
+        };
+        increment(&MSR_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    }
+    0
+}
+
 /// `kvm:kvm_hypercall`: `vmcall`/`vmmcall` KVM handled.
 #[tracepoint]
 pub fn kvm_hypercall(ctx: TracePointContext) -> u32 {
@@ -120,4 +183,14 @@ fn try_kvm_hypercall(ctx: &TracePointContext) -> Result<u32, i64> {
     let nr = unsafe { ctx.read_at::<u64>(offset!(hypercall_nr))? };
     increment(&HYPERCALL_EVENTS, &nr, drop_reason::EVENT_MAP_FULL);
     Ok(0)
+}
+
+/// `kvm_hypercall(unsigned long nr, ...)`, raw.
+#[raw_tracepoint(tracepoint = "kvm_hypercall")]
+pub fn kvm_hypercall_raw(ctx: RawTracePointContext) -> u32 {
+    if wanted(current().0) {
+        let nr = ctx.arg::<u64>(0);
+        increment(&HYPERCALL_EVENTS, &nr, drop_reason::EVENT_MAP_FULL);
+    }
+    0
 }

@@ -1,7 +1,11 @@
 //! Userspace round trip: from `kvm:kvm_userspace_exit` (KVM_RUN returns to
 //! the VMM) to the same thread's next `ioctl(KVM_RUN)`: how long the VMM
 //! took to handle an exit that reached user space.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use exitprof_common::{
     maps::{PendingUserspaceExit, UserspaceExitStats, drop_reason},
     userspace_exit::ERRNO_BASE,
@@ -34,6 +38,23 @@ fn try_kvm_userspace_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             ctx.read_at::<i32>(offset!(userspace_exit_errno))?,
         )
     };
+    record_userspace_exit(tid, reason, errno);
+    Ok(0)
+}
+
+/// `kvm_userspace_exit(__u32 reason, int errno)`, raw.
+#[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+pub fn kvm_userspace_exit_raw(ctx: RawTracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if wanted(tgid) {
+        record_userspace_exit(tid, ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
+    }
+    0
+}
+
+/// Counts a return to user space and opens its round trip.
+#[inline(always)]
+fn record_userspace_exit(tid: u32, reason: u32, errno: i32) {
     let reason = if errno < 0 {
         ERRNO_BASE + errno.unsigned_abs()
     } else {
@@ -55,7 +76,6 @@ fn try_kvm_userspace_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         _pad: 0,
     };
     open(&PENDING_USERSPACE, tid, &pending);
-    Ok(0)
 }
 
 /// `syscalls:sys_enter_ioctl`: closes the round trip on `KVM_RUN`.

@@ -2,8 +2,19 @@
 //! times. Keyed by thread: the vCPU thread may sleep and migrate between
 //! exit and entry. A thread whose entry never comes (VM killed) is evicted
 //! from the LRU map of exits in flight instead of leaking.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+//!
+//! Each hook has a classic program (the tracepoint's record, offsets from
+//! tracefs) and a raw one (`kvm_exit(struct kvm_vcpu *vcpu, u32 isa)`:
+//! the reason is read from the vendor's vCPU structure with offsets from
+//! BTF, skipping the record the classic tracepoint builds). Both share one
+//! body, so both modes count the same.
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use exitprof_common::{
+    Isa,
     maps::{BreakdownKey, BreakdownStats, PendingExit, drop_reason, log2_bucket},
     reasons::slot,
 };
@@ -33,6 +44,48 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             ctx.read_at::<u32>(offset!(exit_vcpu_id))?,
         )
     };
+    count_exit(tgid, tid, isa, reason, vcpu);
+    Ok(0)
+}
+
+/// `kvm_exit` as a raw tracepoint.
+#[raw_tracepoint(tracepoint = "kvm_exit")]
+pub fn kvm_exit_raw(ctx: RawTracePointContext) -> u32 {
+    try_kvm_exit_raw(&ctx).unwrap_or(1)
+}
+
+fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
+    let (tgid, tid) = current();
+    if !wanted(tgid) {
+        return Ok(0);
+    }
+    let vcpu = ctx.arg::<u64>(0) as *const u8;
+    let isa = ctx.arg::<u64>(1) as u32;
+    // SAFETY: probe reads of kernel memory at offsets from this kernel's
+    // BTF; a bad address fails the read, it cannot fault.
+    let (reason, vcpu_id) = unsafe {
+        let vcpu_id =
+            bpf_probe_read_kernel(vcpu.add(config!(raw.kvm_vcpu_id) as usize).cast::<u32>())?;
+        let reason = if isa == Isa::Svm as u32 {
+            let vmcb = bpf_probe_read_kernel(
+                vcpu.add(config!(raw.svm_vmcb) as usize).cast::<*const u8>(),
+            )?;
+            bpf_probe_read_kernel(vmcb.add(config!(raw.vmcb_exit_code) as usize).cast::<u32>())?
+        } else {
+            bpf_probe_read_kernel(
+                vcpu.add(config!(raw.vmx_exit_reason) as usize)
+                    .cast::<u32>(),
+            )?
+        };
+        (reason, vcpu_id)
+    };
+    count_exit(tgid, tid, isa, reason, vcpu_id);
+    Ok(0)
+}
+
+/// Counts an exit and opens it for its entry.
+#[inline(always)]
+fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32) {
     let slot = slot(isa, reason);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot of this CPU.
@@ -62,20 +115,29 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         vcpu,
     };
     open(&PENDING_EXITS, tid, &pending);
-    Ok(0)
 }
 
 /// `kvm:kvm_entry`.
 #[tracepoint]
 pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
-    try_kvm_entry().unwrap_or(1)
+    time_entry();
+    0
 }
 
-fn try_kvm_entry() -> Result<u32, i64> {
+/// `kvm_entry` as a raw tracepoint (it needs no argument).
+#[raw_tracepoint(tracepoint = "kvm_entry")]
+pub fn kvm_entry_raw(_ctx: RawTracePointContext) -> u32 {
+    time_entry();
+    0
+}
+
+/// Closes the thread's exit in flight and adds its duration.
+#[inline(always)]
+fn time_entry() {
     let (tgid, tid) = current();
     // Only threads of wanted processes have an open entry.
     let Some(pending) = close(&PENDING_EXITS, tid) else {
-        return Ok(0);
+        return;
     };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(pending.slot) {
@@ -114,5 +176,4 @@ fn try_kvm_entry() -> Result<u32, i64> {
             }
         }
     }
-    Ok(0)
 }

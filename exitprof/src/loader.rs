@@ -7,15 +7,16 @@ use std::time::Instant;
 use aya::{
     Ebpf, EbpfLoader,
     maps::HashMap,
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use exitprof_common::{
     Config,
-    config::{FILTER_ALL, FILTER_TRACKED, Offsets},
+    config::{FILTER_ALL, FILTER_TRACKED, Offsets, RawOffsets},
 };
 
 use crate::{
     backend::Backend,
+    btf::{Arg, Btf},
     mirror::{Mirror, MirrorStatus},
     readout,
     snapshot::{ProgramCost, Snapshot},
@@ -54,6 +55,9 @@ pub enum LoadError {
         /// Why.
         source: Box<ProgramError>,
     },
+    /// `--attach raw` was asked for, but this kernel's BTF does not allow it.
+    #[error("raw tracepoints are not possible here: {0} (use --attach classic or auto)")]
+    RawUnavailable(String),
     /// A map could not be read or written.
     #[error("eBPF map {map}: {source}")]
     Map {
@@ -87,6 +91,46 @@ pub struct Options {
     /// that snapshots say what each program cost. It adds two clock reads
     /// to every program run, so it is off unless asked for.
     pub cost: bool,
+    /// Raw or classic tracepoints for the KVM programs.
+    pub attach: AttachMode,
+}
+
+/// How the KVM programs attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Raw where this kernel's BTF allows it, classic elsewhere.
+    #[default]
+    Auto,
+    /// Raw tracepoints (offsets from BTF), or an error.
+    Raw,
+    /// Classic tracepoints (offsets from tracefs).
+    Classic,
+}
+
+/// The two groups of KVM programs that attach raw or classic together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    /// `kvm_exit` and `kvm_entry`: raw needs vendor structure offsets.
+    Vmexit,
+    /// The exit-handler events: raw needs only their prototypes.
+    Handlers,
+}
+
+/// What the raw program of a hook reads of its arguments.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// An integer of this many bytes.
+    Int(u32),
+    /// `struct kvm_vcpu *`.
+    Vcpu,
+}
+
+/// The raw program of a hook.
+struct RawHook {
+    program: &'static str,
+    group: Group,
+    /// The leading arguments it reads, checked against BTF.
+    args: &'static [Want],
 }
 
 /// The hash maps whose capacity `Options::map_entries` sets.
@@ -107,6 +151,8 @@ struct Hook {
     event: &'static str,
     /// Absent from the kernel: an error (true) or a feature left out.
     required: bool,
+    /// Its raw tracepoint program, if it has one.
+    raw: Option<RawHook>,
 }
 
 const HOOKS: &[Hook] = &[
@@ -115,66 +161,109 @@ const HOOKS: &[Hook] = &[
         category: "kvm",
         event: "kvm_cpuid",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_cpuid_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(4), Want::Int(4)],
+        }),
     },
     Hook {
         program: "kvm_pio",
         category: "kvm",
         event: "kvm_pio",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_pio_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(4), Want::Int(4), Want::Int(4)],
+        }),
     },
     Hook {
         program: "kvm_mmio",
         category: "kvm",
         event: "kvm_mmio",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_mmio_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(4), Want::Int(4), Want::Int(8)],
+        }),
     },
     Hook {
         program: "kvm_msr",
         category: "kvm",
         event: "kvm_msr",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_msr_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(4), Want::Int(4)],
+        }),
     },
     Hook {
         program: "kvm_hypercall",
         category: "kvm",
         event: "kvm_hypercall",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_hypercall_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(8)],
+        }),
     },
     Hook {
         program: "kvm_userspace_exit",
         category: "kvm",
         event: "kvm_userspace_exit",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_userspace_exit_raw",
+            group: Group::Handlers,
+            args: &[Want::Int(4), Want::Int(4)],
+        }),
     },
     Hook {
         program: "kvm_exit",
         category: "kvm",
         event: "kvm_exit",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_exit_raw",
+            group: Group::Vmexit,
+            args: &[Want::Vcpu, Want::Int(4)],
+        }),
     },
     Hook {
         program: "kvm_entry",
         category: "kvm",
         event: "kvm_entry",
         required: true,
+        raw: Some(RawHook {
+            program: "kvm_entry_raw",
+            group: Group::Vmexit,
+            args: &[Want::Vcpu],
+        }),
     },
     Hook {
         program: "sys_enter_ioctl",
         category: "syscalls",
         event: "sys_enter_ioctl",
         required: false,
+        raw: None,
     },
     Hook {
         program: "sched_process_fork",
         category: "sched",
         event: "sched_process_fork",
         required: true,
+        raw: None,
     },
     Hook {
         program: "sched_process_exit",
         category: "sched",
         event: "sched_process_exit",
         required: true,
+        raw: None,
     },
 ];
 
@@ -189,6 +278,10 @@ pub struct Profiler {
     stats: Option<std::os::fd::OwnedFd>,
     /// The registration with a patched KVM's guest CPUID mirror.
     mirror: Mirror,
+    /// See [`RawPlan::mode_name`].
+    attach_mode: &'static str,
+    /// See [`RawPlan::note`].
+    attach_note: String,
 }
 
 impl Profiler {
@@ -222,6 +315,7 @@ impl Profiler {
                 .find(|(h, _)| h.event == event)
                 .and_then(|(_, f)| f.as_ref())
         };
+        let plan = RawPlan::decide(options.attach)?;
         let config = Config {
             filter: match options.filter {
                 Filter::All => FILTER_ALL,
@@ -229,6 +323,7 @@ impl Profiler {
             },
             breakdown: u32::from(options.breakdown),
             offsets: offsets(&find)?,
+            raw: plan.offsets,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
@@ -259,8 +354,16 @@ impl Profiler {
                 );
                 continue;
             }
-            attach(&mut ebpf, hook)?;
-            attached.push(hook.program);
+            match &hook.raw {
+                Some(raw) if plan.is_raw(raw.group) => {
+                    attach_raw(&mut ebpf, hook, raw)?;
+                    attached.push(raw.program);
+                }
+                _ => {
+                    attach(&mut ebpf, hook)?;
+                    attached.push(hook.program);
+                }
+            }
         }
         let stats = if options.cost {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -291,6 +394,8 @@ impl Profiler {
             attached,
             stats,
             mirror,
+            attach_mode: plan.mode_name(),
+            attach_note: plan.note(),
         })
     }
 
@@ -375,6 +480,8 @@ impl Profiler {
             .status
             .name()
             .clone_into(&mut snapshot.guest_mirror);
+        self.attach_mode.clone_into(&mut snapshot.attach_mode);
+        self.attach_note.clone_into(&mut snapshot.attach_note);
         Ok(snapshot)
     }
 }
@@ -424,6 +531,181 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), LoadError> {
         .map_err(fail)?;
     program.load().map_err(fail)?;
     program.attach(hook.category, hook.event).map_err(fail)?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, hook: &Hook, raw: &RawHook) -> Result<(), LoadError> {
+    let fail = |source: ProgramError| LoadError::Attach {
+        program: raw.program,
+        category: hook.category,
+        event: hook.event,
+        source: Box::new(source),
+    };
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(raw.program)
+        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(fail)?;
+    program.load().map_err(fail)?;
+    program.attach(hook.event).map_err(fail)?;
+    Ok(())
+}
+
+/// Which groups attach raw, with the offsets they need, or why not.
+struct RawPlan {
+    vmexit: Result<(), String>,
+    handlers: Result<(), String>,
+    offsets: RawOffsets,
+}
+
+/// Where the kernel publishes BTF.
+const BTF_DIR: &str = "/sys/kernel/btf";
+
+impl RawPlan {
+    /// Decides per group from this kernel's BTF.
+    fn decide(mode: AttachMode) -> Result<Self, LoadError> {
+        let mut plan = Self {
+            vmexit: Err("--attach classic".to_owned()),
+            handlers: Err("--attach classic".to_owned()),
+            offsets: RawOffsets::default(),
+        };
+        if mode == AttachMode::Classic {
+            return Ok(plan);
+        }
+        let dir = std::path::Path::new(BTF_DIR);
+        let module = dir.join("kvm").exists().then_some("kvm");
+        match Btf::load(dir, module) {
+            Ok(kvm) => {
+                plan.handlers = check_args(&kvm, Group::Handlers);
+                plan.vmexit = check_args(&kvm, Group::Vmexit)
+                    .and_then(|()| vmexit_offsets(dir, &kvm, &mut plan.offsets));
+            }
+            Err(e) => {
+                let why = format!("no kernel BTF ({e})");
+                plan.vmexit = Err(why.clone());
+                plan.handlers = Err(why);
+            }
+        }
+        if mode == AttachMode::Raw {
+            // kvm_exit/kvm_entry never fire on a backend without VMX/SVM
+            // exits (PVM): classic ones there cost nothing.
+            let vmexit_needed = Backend::detect().emits_vmexit();
+            for (group, needed) in [(&plan.vmexit, vmexit_needed), (&plan.handlers, true)] {
+                if let (Err(why), true) = (group, needed) {
+                    return Err(LoadError::RawUnavailable(why.clone()));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn is_raw(&self, group: Group) -> bool {
+        match group {
+            Group::Vmexit => self.vmexit.is_ok(),
+            Group::Handlers => self.handlers.is_ok(),
+        }
+    }
+
+    /// "raw", "classic" or "mixed".
+    fn mode_name(&self) -> &'static str {
+        match (self.vmexit.is_ok(), self.handlers.is_ok()) {
+            (true, true) => "raw",
+            (false, false) => "classic",
+            _ => "mixed",
+        }
+    }
+
+    /// Why any group is classic ("" when all are raw).
+    fn note(&self) -> String {
+        match (&self.vmexit, &self.handlers) {
+            (Err(a), Err(b)) if a == b => format!("all classic: {a}"),
+            (vmexit, handlers) => [
+                vmexit
+                    .as_ref()
+                    .err()
+                    .map(|why| format!("kvm_exit/kvm_entry classic: {why}")),
+                handlers
+                    .as_ref()
+                    .err()
+                    .map(|why| format!("handler events classic: {why}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
+        }
+    }
+}
+
+/// Checks the raw programs of `group` against their BTF prototypes.
+fn check_args(btf: &Btf, group: Group) -> Result<(), String> {
+    for hook in HOOKS {
+        let Some(raw) = hook.raw.as_ref().filter(|r| r.group == group) else {
+            continue;
+        };
+        let args = btf.tracepoint_args(hook.event).ok_or_else(|| {
+            format!(
+                "no BTF prototype for {} (btf_trace_{})",
+                hook.event, hook.event
+            )
+        })?;
+        for (i, want) in raw.args.iter().enumerate() {
+            let ok = match (want, args.get(i)) {
+                (Want::Int(size), Some(Arg::Int(got))) => got == size,
+                (Want::Vcpu, Some(Arg::StructPtr(name))) => name == "kvm_vcpu",
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "{} argument {i} is {:?} in BTF, not {want:?}",
+                    hook.event,
+                    args.get(i)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The vendor offsets of the raw `kvm_exit` program.
+fn vmexit_offsets(
+    dir: &std::path::Path,
+    kvm: &Btf,
+    offsets: &mut RawOffsets,
+) -> Result<(), String> {
+    let field = |btf: &Btf, name: &str, path: &[&str], sizes: &[u32]| match btf.offset(name, path) {
+        Some((off, size)) if sizes.contains(&size) => Ok(off),
+        Some((_, size)) => Err(format!(
+            "struct {name}.{} is {size} bytes in BTF",
+            path.join(".")
+        )),
+        None => Err(format!("no struct {name}.{} in BTF", path.join("."))),
+    };
+    offsets.kvm_vcpu_id = field(kvm, "kvm_vcpu", &["vcpu_id"], &[4])?;
+    let vendor = ["kvm_amd", "kvm_intel"]
+        .into_iter()
+        .find(|m| std::path::Path::new("/sys/module").join(m).exists())
+        .ok_or_else(|| "no VMX/SVM vendor module (kvm_amd, kvm_intel) is loaded".to_owned())?;
+    let btf = if dir.join(vendor).exists() {
+        Btf::load(dir, Some(vendor)).map_err(|e| e.to_string())?
+    } else if std::path::Path::new("/sys/module")
+        .join(vendor)
+        .join("initstate")
+        .exists()
+    {
+        return Err(format!(
+            "{vendor} has no BTF ({BTF_DIR}/{vendor} is missing: the module was built without it)"
+        ));
+    } else {
+        // Built into the kernel: its types are in vmlinux.
+        Btf::load(dir, None).map_err(|e| e.to_string())?
+    };
+    if vendor == "kvm_amd" {
+        offsets.svm_vmcb = field(&btf, "vcpu_svm", &["vmcb"], &[8])?;
+        offsets.vmcb_exit_code = field(&btf, "vmcb", &["control", "exit_code"], &[4, 8])?;
+    } else {
+        offsets.vmx_exit_reason = field(&btf, "vcpu_vmx", &["exit_reason"], &[4])?;
+    }
     Ok(())
 }
 

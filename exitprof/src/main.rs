@@ -5,6 +5,7 @@
 
 mod backend;
 mod batch;
+mod btf;
 mod cli;
 mod guest;
 mod loader;
@@ -121,6 +122,7 @@ fn bench_readout(keys: u32, repeat: u32) -> anyhow::Result<ExitCode> {
         breakdown: true,
         map_entries: None,
         cost: false,
+        attach: loader::AttachMode::Auto,
     })?;
     profiler.fill_breakdown_for_load_test(keys)?;
     let mut times = Vec::new();

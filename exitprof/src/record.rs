@@ -146,6 +146,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             breakdown: true,
             map_entries: None,
             cost: false,
+            attach: crate::loader::AttachMode::Auto,
             interval: Some(args.interval),
         })?;
         if let Some(code) = outcome.status

@@ -12,10 +12,13 @@ pub struct Snapshot {
     pub backend: String,
     /// Time the counters cover.
     pub interval_ns: u64,
-    /// How the vmexit programs are attached ("classic": tracepoints with
-    /// tracefs offsets).
+    /// How the KVM programs are attached: "raw" (raw tracepoints, offsets
+    /// from BTF), "classic" (tracepoints, offsets from tracefs) or "mixed".
     #[serde(default)]
     pub attach_mode: String,
+    /// Why programs are classic, when any are ("" when all are raw).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attach_note: String,
     /// Whether `kvm_exit`/`kvm_entry` fire on this backend; when false,
     /// `exits` is empty because nothing can be seen, not because nothing
     /// exited.

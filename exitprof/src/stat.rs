@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cli::{parse_duration, parse_live_pid},
-    loader::{Filter, Options, Profiler},
+    loader::{AttachMode, Filter, Options, Profiler},
     present::table,
     signals,
     snapshot::Snapshot,
@@ -49,6 +49,10 @@ pub struct StatArgs {
     /// the kernel's BPF statistics (adds a little to every program run).
     #[arg(long)]
     pub cost: bool,
+    /// Attach the KVM programs as raw tracepoints (offsets from BTF), as
+    /// classic tracepoints (offsets from tracefs), or raw where possible.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N")]
     pub map_entries: Option<u32>,
@@ -71,6 +75,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         breakdown: args.by_vcpu,
         map_entries: args.map_entries,
         cost: args.cost,
+        attach: args.attach,
         interval: None,
     })?;
     if args.json {
@@ -101,6 +106,8 @@ pub struct Run<'a> {
     pub map_entries: Option<u32>,
     /// Report exitprof's own cost per program.
     pub cost: bool,
+    /// Raw or classic tracepoints.
+    pub attach: AttachMode,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
 }
@@ -138,6 +145,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         breakdown: run.breakdown,
         map_entries: run.map_entries,
         cost: run.cost,
+        attach: run.attach,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

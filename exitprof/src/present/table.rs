@@ -26,6 +26,9 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     if let Some(note) = backend.and_then(Backend::vmexit_note) {
         let _ = writeln!(out, "note: {note}");
     }
+    if !snapshot.attach_note.is_empty() {
+        let _ = writeln!(out, "attach: {}", snapshot.attach_note);
+    }
     if !snapshot.guest_mirror.is_empty() {
         let _ = writeln!(
             out,

@@ -43,6 +43,9 @@ pub struct TopArgs {
     /// Print one JSON snapshot per interval (counts of that interval).
     #[arg(long, conflicts_with = "once")]
     pub json: bool,
+    /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
+    #[arg(long, value_enum, default_value_t = crate::loader::AttachMode::Auto)]
+    pub attach: crate::loader::AttachMode,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -64,6 +67,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         breakdown: true,
         map_entries: None,
         cost: false,
+        attach: args.attach,
     })?;
     if args.json {
         signals::install();

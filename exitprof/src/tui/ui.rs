@@ -74,8 +74,9 @@ impl App {
     fn header(&self, area: Rect, buf: &mut Buffer) {
         let up = self.uptime_s;
         let mut text = format!(
-            "exitprof top | backend {} | paging {} | host {} | up {:02}:{:02}:{:02} | {} exits/s",
+            "exitprof top | backend {} ({} tracepoints) | paging {} | host {} | up {:02}:{:02}:{:02} | {} exits/s",
             self.latest.backend,
+            self.latest.attach_mode,
             self.paging,
             self.host,
             up / 3600,
@@ -340,7 +341,7 @@ mod tests {
         let l = lines(&app(), 120, 8);
         assert_eq!(
             l[0],
-            "exitprof top | backend svm | paging NPT on | host h | up 01:02:03 | 210 exits/s"
+            "exitprof top | backend svm (classic tracepoints) | paging NPT on | host h | up 01:02:03 | 210 exits/s"
         );
         assert_eq!(
             l[1],
@@ -366,7 +367,7 @@ mod tests {
         let l = lines(&app(), 60, 8);
         assert_eq!(
             l[0],
-            "exitprof top | backend svm | paging NPT on | host h | up 01:"
+            "exitprof top | backend svm (classic tracepoints) | paging NP"
         );
         assert!(l[3].starts_with("cpuid"), "{:?}", l[3]);
         assert!(l.iter().all(|line| line.chars().count() <= 60));
