@@ -574,14 +574,21 @@ impl RawPlan {
         }
         let dir = std::path::Path::new(BTF_DIR);
         let module = dir.join("kvm").exists().then_some("kvm");
-        match Btf::load(dir, module) {
+        let kvm_is_module = std::path::Path::new("/sys/module/kvm/initstate").exists();
+        let btf = if module.is_none() && kvm_is_module {
+            Err(format!(
+                "the kvm module has no BTF ({BTF_DIR}/kvm is missing: it was built without it)"
+            ))
+        } else {
+            Btf::load(dir, module).map_err(|e| format!("no kernel BTF ({e})"))
+        };
+        match btf {
             Ok(kvm) => {
                 plan.handlers = check_args(&kvm, Group::Handlers);
                 plan.vmexit = check_args(&kvm, Group::Vmexit)
                     .and_then(|()| vmexit_offsets(dir, &kvm, &mut plan.offsets));
             }
-            Err(e) => {
-                let why = format!("no kernel BTF ({e})");
+            Err(why) => {
                 plan.vmexit = Err(why.clone());
                 plan.handlers = Err(why);
             }

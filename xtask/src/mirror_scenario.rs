@@ -172,6 +172,18 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
         "guest_mirror {}",
         stat["guest_mirror"]
     );
+    // The patched modules are built without BTF: auto mode falls back to
+    // classic tracepoints and says why.
+    ensure!(
+        stat["attach_mode"] == "classic"
+            && stat["attach_note"]
+                .as_str()
+                .is_some_and(|n| n.contains("BTF")),
+        "with modules without BTF, auto mode chose {} ({})",
+        stat["attach_mode"],
+        stat["attach_note"]
+    );
+    println!("[e2e] fallback: {}", stat["attach_note"]);
     let vm = json(&results, "active_vm")?;
     let count = |name: &str| -> u64 {
         stat["exits"]

@@ -63,13 +63,14 @@ sed -n 's/.* kvm_exit: .* reason \(.*\) rip .*/\1/p' /sys/kernel/tracing/trace |
   while read -r n r; do echo "@@EXITPROF ftrace $n $r"; done
 "#;
 
-fn ftrace_counts(results: &Results) -> anyhow::Result<Counts> {
+/// ftrace's counts reported under `<prefix>ftrace` (`<prefix>lost`).
+fn ftrace_counts(results: &Results, prefix: &str) -> anyhow::Result<Counts> {
     ensure!(
-        results.get("lost")? == "0",
+        results.get(&format!("{prefix}lost"))? == "0",
         "the ftrace buffer lost events: no ground truth"
     );
     results
-        .all("ftrace")
+        .all(&format!("{prefix}ftrace"))
         .into_iter()
         .map(|line| {
             let (n, name) = line.split_once(' ').context("ftrace line")?;
@@ -120,6 +121,16 @@ echo "@@EXITPROF vm $(head -n 1 /tmp/stat.out)"
 echo "@@EXITPROF stat $(tail -n 1 /tmp/stat.out)"
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 {FTRACE_COUNTS}
+echo > $T/trace
+echo 1 > $T/events/kvm/kvm_exit/enable
+timeout 120 exitprof stat --attach classic --json -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
+echo "@@EXITPROF classic_rc $?"
+echo 0 > $T/events/kvm/kvm_exit/enable
+echo "@@EXITPROF classic $(tail -n 1 /tmp/classic.out)"
+while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
+echo "@@EXITPROF classic_lost $(grep -c LOST $T/trace)"
+sed -n 's/.* kvm_exit: .* reason \(.*\) rip .*/\1/p' $T/trace | sort | uniq -c |
+  while read -r n r; do echo "@@EXITPROF classic_ftrace $n $r"; done
 timeout 120 exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
@@ -155,8 +166,14 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         snap["vmexit_available"] == true,
         "vmexit source not available"
     );
+    ensure!(
+        snap["attach_mode"] == "raw",
+        "with the image's modules (which carry BTF) auto mode chose {} ({})",
+        snap["attach_mode"],
+        snap["attach_note"]
+    );
     let ours = exit_counts(&snap);
-    let truth = ftrace_counts(&results)?;
+    let truth = ftrace_counts(&results, "")?;
     println!("[e2e] {:<28} {:>10} {:>10}", "reason", "exitprof", "ftrace");
     for name in ours
         .keys()
@@ -241,6 +258,31 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         "breakdown {by_vcpu:?} differs from the per-reason rows {ours:?}"
     );
     ensure!(snap["dropped"] == 0, "dropped {}", snap["dropped"]);
+    // The same workload with classic tracepoints: equal to ftrace as well.
+    ensure!(
+        results.get("classic_rc")? == "0",
+        "exitprof stat --attach classic failed: {:?}",
+        results.all("classic_stderr")
+    );
+    let classic = snapshot(&results, "classic")?;
+    ensure!(
+        classic["attach_mode"] == "classic",
+        "--attach classic ran in mode {}",
+        classic["attach_mode"]
+    );
+    let classic_counts = exit_counts(&classic);
+    let classic_truth = ftrace_counts(&results, "classic_")?;
+    ensure!(
+        classic_counts == classic_truth,
+        "classic mode: exitprof {classic_counts:?} != ftrace {classic_truth:?}"
+    );
+    ensure!(
+        classic_counts.get("cpuid") == ours.get("cpuid"),
+        "cpuid: classic {:?}, raw {:?}",
+        classic_counts.get("cpuid"),
+        ours.get("cpuid")
+    );
+    println!("[e2e] classic mode: {classic_counts:?} (equal to ftrace)");
     ensure!(
         results.get("table_rc")? == "0",
         "the second exitprof stat run failed with {} (124: it hung and timeout ended it)",
@@ -250,7 +292,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         println!("[e2e] | {line}");
     }
     println!(
-        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace)"
+        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
     );
     Ok(())
 }
