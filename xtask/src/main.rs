@@ -5,8 +5,10 @@
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
 //! - `kernel`: the patched KVM modules for the sandbox kernel
+//! - `bench`: exitprof's cost side by side with bpftrace and perf
 //! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
 
+mod bench;
 mod kernel;
 mod mirror_scenario;
 mod sandbox;
@@ -40,6 +42,9 @@ enum Task {
     Kernel,
     /// Regenerate kernel-patch/6.1's ABI header patch from exitprof-common.
     KernelHeader,
+    /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
+    /// (host and sandbox); writes target/bench/bench.json.
+    Bench(bench::BenchArgs),
     /// Boot the sandbox once and run a shell script in it (exitprof is on
     /// PATH); prints the serial log. For trying things by hand.
     Sandbox {
@@ -51,6 +56,9 @@ enum Task {
         /// Boot the patched KVM modules of `cargo xtask kernel`.
         #[arg(long)]
         patched: bool,
+        /// Also carry bpftrace, bpftool and perf (as the bench does).
+        #[arg(long)]
+        tools: bool,
     },
 }
 
@@ -68,10 +76,12 @@ fn main() -> anyhow::Result<()> {
             kernel::kernel()
         }
         Task::KernelHeader => kernel::write_header_patch(),
+        Task::Bench(args) => bench::bench(&args),
         Task::Sandbox {
             script,
             shadow,
             patched,
+            tools,
         } => {
             setup::setup()?;
             let kernel = sandbox::fetch_kernel()?;
@@ -90,6 +100,7 @@ fn main() -> anyhow::Result<()> {
                     npt: !shadow,
                     timeout: std::time::Duration::from_secs(600),
                     modules: modules.as_deref(),
+                    extra: if tools { sandbox::BENCH_TOOLS } else { &[] },
                 },
             )?;
             print!("{}", std::fs::read_to_string(&results.log)?);

@@ -128,6 +128,7 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
             npt: true,
             timeout: Duration::from_secs(300),
             modules: Some(modules),
+            extra: &[],
         },
     )?;
     ensure!(

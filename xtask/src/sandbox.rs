@@ -170,6 +170,14 @@ const APPLETS: &[&str] = &[
     "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe",
 ];
 
+/// The tracers `cargo xtask bench` compares exitprof with, and bpftool
+/// for their program statistics: (host path, path in the sandbox).
+pub const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/bpftrace", "/bin/bpftrace"),
+    ("/usr/sbin/bpftool", "/bin/bpftool"),
+    ("/usr/bin/perf", "/bin/perf"),
+];
+
 /// One boot of the sandbox.
 pub struct Scenario<'a> {
     /// Name (log file `target/sandbox/<name>.log`).
@@ -183,6 +191,9 @@ pub struct Scenario<'a> {
     /// A directory holding patched `arch/x86/kvm/kvm.ko` and `kvm-amd.ko`
     /// (`cargo xtask kernel`) to boot with instead of the image's.
     pub modules: Option<&'a Path>,
+    /// More host programs to carry (with their libraries): (host path,
+    /// path in the sandbox).
+    pub extra: &'a [(&'a str, &'a str)],
 }
 
 /// What a scenario reported.
@@ -274,6 +285,9 @@ fn build_initramfs(
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     add_binary(&root, exitprof, "/bin/exitprof")?;
+    for (from, to) in scenario.extra {
+        add_binary(&root, Path::new(from), to)?;
+    }
     // Under /lib/modules like an installed kernel, so that depmod and
     // modprobe (and exitprof record's module reload) work.
     let modules = root.join("lib/modules").join(&kernel.release);

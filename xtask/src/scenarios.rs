@@ -46,6 +46,7 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
             npt: true,
             timeout: Duration::from_secs(240),
             modules: None,
+            extra: &[],
         },
     )?;
     for line in results.all("top") {
@@ -145,6 +146,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
             npt: true,
             timeout: Duration::from_secs(240),
             modules: None,
+            extra: &[],
         },
     )?;
     ensure!(
@@ -340,6 +342,7 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             npt: true,
             timeout: Duration::from_secs(240),
             modules: None,
+            extra: &[],
         },
     )?;
     ensure!(

@@ -37,6 +37,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "building the patched KVM modules (pahole, module BTF)",
     ),
     ("git", "cargo xtask kernel applies the patch with git apply"),
+    (
+        "bpftrace",
+        "cargo xtask bench compares exitprof with bpftrace",
+    ),
+    (
+        "linux-perf",
+        "cargo xtask bench compares exitprof with perf kvm stat record",
+    ),
 ];
 
 /// bpf-linker version that builds with LLVM 22 and aya 0.14.

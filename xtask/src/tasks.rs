@@ -117,12 +117,30 @@ pub fn test(args: &sandbox::E2eArgs) -> anyhow::Result<()> {
         Ok(n) => (*n, 0),
         Err(_) => (0, 1),
     };
+    // The bench with small counts, so that it cannot rot (its numbers are
+    // not judged here).
+    println!("[test] cargo xtask bench --smoke");
+    let smoke = if args.only.is_none() {
+        Some(crate::bench::bench(&crate::bench::BenchArgs {
+            smoke: true,
+        }))
+    } else {
+        None
+    };
+    let (smoke_passed, smoke_failed) = match &smoke {
+        Some(Ok(())) => (1, 0),
+        Some(Err(_)) => (0, 1),
+        None => (0, 0),
+    };
     println!(
         "{} passed, {} failed",
-        passed + e2e_passed,
-        failed + e2e_failed
+        passed + e2e_passed + smoke_passed,
+        failed + e2e_failed + smoke_failed
     );
     scenarios.map(|_| ())?;
+    if let Some(result) = smoke {
+        result.context("the bench smoke run failed")?;
+    }
     anyhow::ensure!(failed == 0, "{failed} cargo test(s) failed");
     Ok(())
 }
