@@ -457,8 +457,14 @@ fn tui(exitprof: &Path, seconds: u64) -> anyhow::Result<Value> {
         let pid = (0..100)
             .find_map(|_| {
                 sleep(Duration::from_millis(100));
-                output(Command::new("pgrep").args(["-f", "top -d 1s --load-test-vcpus 64"]))
-                    .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+                // The exitprof process itself, not the shell tmux runs it in.
+                output(Command::new("pgrep").args(["-f", "top -d 1s --load-test-vcpus 64"]))?
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .find(|pid| {
+                        fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.trim() == "exitprof")
+                    })
             })
             .context("exitprof top did not start")?;
         // The vCPU view: the 1,920 rows are drawn every second.
@@ -638,9 +644,12 @@ fn targets(r: &mut Report) {
             .collect();
         for (other, theirs) in pairs {
             if let (Some(ours), Some(theirs)) = (ours, theirs) {
+                // Same untraced base, so a lower ratio is a lower added
+                // slowdown (and stays meaningful when noise makes an added
+                // slowdown negative).
                 r.target(
-                    &format!("{scope} {workload}: added slowdown exitprof-raw / {other}'s"),
-                    (ours - 1.0) / (theirs - 1.0).max(1e-9),
+                    &format!("{scope} {workload}: slowdown of exitprof-raw / of {other}"),
+                    ours / theirs,
                     1.0,
                 );
             }
@@ -751,7 +760,11 @@ fn render(r: &Report) -> String {
             t["rss_mb"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    let _ = writeln!(out, "TARGETS");
+    if r.smoke {
+        let _ = writeln!(out, "TARGETS (smoke run: counts too small to judge them)");
+    } else {
+        let _ = writeln!(out, "TARGETS");
+    }
     for t in &r.targets {
         let _ = writeln!(
             out,
