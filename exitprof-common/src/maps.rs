@@ -124,6 +124,8 @@ pub struct PioKey {
     pub write: u8,
     /// Access size in bytes (1, 2, 4).
     pub size: u8,
+    /// Always 0 (keeps the key 8 bytes, like the other event keys).
+    pub _pad: u32,
 }
 
 /// Key of `MMIO_EVENTS`.
@@ -146,6 +148,28 @@ pub struct MsrKey {
     pub index: u32,
     /// 1 for `wrmsr`, 0 for `rdmsr`.
     pub write: u32,
+}
+
+/// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
+pub const EVENT_CACHE_WAYS: u32 = 4;
+
+/// One way of a per-CPU front cache in front of a per-CPU hash map of
+/// counts: the hot key's whole count on this CPU, so that a storm of one
+/// key costs an array access per event instead of a hash lookup. When
+/// another key needs the way, the count is written back to the hash map
+/// (which then holds the same total), and the new key's count is loaded.
+///
+/// So for each (CPU, key) the cache, when it holds the key, is never
+/// behind the hash map: the readout reads the caches first, then the hash
+/// maps, and takes the larger of the two, which is exact when quiet and
+/// never goes backwards while events arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedCount<K> {
+    /// The key's count on this CPU; 0 when the way is empty.
+    pub count: u64,
+    /// The key.
+    pub key: K,
 }
 
 /// Value of `USERSPACE_EXITS`, keyed by userspace-exit reason
@@ -229,6 +253,9 @@ mod pod {
     unsafe impl aya::Pod for MsrKey {}
     unsafe impl aya::Pod for UserspaceExitStats {}
     unsafe impl aya::Pod for PendingUserspaceExit {}
+    // SAFETY: a u64 and a key that is a multiple of 8 bytes (checked in
+    // the tests): no padding.
+    unsafe impl<K: aya::Pod> aya::Pod for super::CachedCount<K> {}
 }
 
 #[cfg(test)]
@@ -250,7 +277,11 @@ mod tests {
 
     #[test]
     fn keys_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<PioKey>(), 4);
+        assert_eq!(core::mem::size_of::<PioKey>(), 8);
+        assert_eq!(core::mem::size_of::<CachedCount<PioKey>>(), 16);
+        assert_eq!(core::mem::size_of::<CachedCount<CpuidKey>>(), 16);
+        assert_eq!(core::mem::size_of::<CachedCount<MsrKey>>(), 16);
+        assert_eq!(core::mem::size_of::<CachedCount<MmioKey>>(), 24);
         assert_eq!(core::mem::size_of::<MmioKey>(), 16);
         assert_eq!(core::mem::size_of::<BreakdownKey>(), 16);
         assert_eq!(core::mem::size_of::<PendingExit>(), 16);

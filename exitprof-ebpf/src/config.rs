@@ -5,7 +5,7 @@ use exitprof_common::{
     config::{FILTER_ALL, Offsets, RawOffsets},
 };
 
-use crate::maps::TRACKED_TGIDS;
+use crate::maps::{LAST_TRACKED, TRACKED_TGIDS};
 
 /// Set by the loader (`EbpfLoader::set_global("CONFIG", ..)`); read with
 /// volatile loads so the compiler cannot fold the zero initializer.
@@ -72,8 +72,27 @@ pub fn current() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
-/// Whether events of process `tgid` are counted.
+/// Whether events of process `tgid` are counted. A storm of one VM's
+/// exits asks for the same process again and again: `LAST_TRACKED`
+/// answers that without a hash lookup.
 #[inline(always)]
 pub fn wanted(tgid: u32) -> bool {
-    config!(filter) == FILTER_ALL || TRACKED_TGIDS.get_ptr(tgid).is_some()
+    if config!(filter) == FILTER_ALL {
+        return true;
+    }
+    let last = LAST_TRACKED.get_ptr_mut(0);
+    if let Some(last) = last {
+        // SAFETY: this CPU's slot.
+        if unsafe { *last } == tgid {
+            return true;
+        }
+    }
+    if TRACKED_TGIDS.get_ptr(tgid).is_none() {
+        return false;
+    }
+    if let Some(last) = last {
+        // SAFETY: as above.
+        unsafe { *last = tgid };
+    }
+    true
 }

@@ -1,9 +1,11 @@
 //! Adding to per-CPU hash maps, counting what does not fit.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    maps::{LruHashMap, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use exitprof_common::maps::{PendingExit, PendingUserspaceExit, drop_reason};
+use exitprof_common::maps::{
+    CachedCount, EVENT_CACHE_WAYS, PendingExit, PendingUserspaceExit, drop_reason,
+};
 
 use crate::maps::DROPPED;
 
@@ -31,6 +33,51 @@ pub fn entry<K, V>(map: &PerCpuHashMap<K, V>, key: &K, init: &V, drop: u32) -> O
         drop_event(drop);
     }
     p
+}
+
+/// `DROPPED[reason] += n`.
+#[inline(always)]
+fn drop_events(reason: u32, n: u64) {
+    if let Some(p) = DROPPED.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe { *p += n };
+    }
+}
+
+/// `map[key] += 1` on this CPU, through the front cache `cache` (way
+/// `way`, any number: it is reduced to the cache's ways). See
+/// `CachedCount` for why the readout stays exact.
+#[inline(always)]
+pub fn increment_cached<K: Copy + PartialEq>(
+    cache: &PerCpuArray<CachedCount<K>>,
+    way: u32,
+    map: &PerCpuHashMap<K, u64>,
+    key: &K,
+) {
+    let Some(slot) = cache.get_ptr_mut(way % EVENT_CACHE_WAYS) else {
+        increment(map, key, drop_reason::EVENT_MAP_FULL);
+        return;
+    };
+    // SAFETY: this CPU's way; tracepoint programs do not nest on a CPU.
+    let slot = unsafe { &mut *slot };
+    if slot.count != 0 && slot.key == *key {
+        slot.count += 1;
+        return;
+    }
+    if slot.count != 0 {
+        // Write the evicted key's total back.
+        if let Some(p) = map.get_ptr_mut(&slot.key) {
+            // SAFETY: per-CPU value of this CPU.
+            unsafe { *p = slot.count };
+        } else if map.insert(&slot.key, &slot.count, 0).is_err() {
+            // It was never in the map: its whole count is lost.
+            drop_events(drop_reason::EVENT_MAP_FULL, slot.count);
+        }
+    }
+    // SAFETY: per-CPU value of this CPU.
+    let loaded = map.get_ptr(key).map_or(0, |p| unsafe { *p });
+    slot.key = *key;
+    slot.count = loaded + 1;
 }
 
 /// `map[key] += 1` on this CPU.

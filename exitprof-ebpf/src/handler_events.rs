@@ -11,8 +11,11 @@ use exitprof_common::maps::{CpuidKey, MmioKey, MsrKey, PioKey, drop_reason};
 
 use crate::{
     config::{current, offset, wanted},
-    counters::increment,
-    maps::{CPUID_EVENTS, HYPERCALL_EVENTS, MMIO_EVENTS, MSR_EVENTS, PIO_EVENTS},
+    counters::{increment, increment_cached},
+    maps::{
+        CPUID_CACHE, CPUID_EVENTS, HYPERCALL_EVENTS, MMIO_CACHE, MMIO_EVENTS, MSR_CACHE,
+        MSR_EVENTS, PIO_CACHE, PIO_EVENTS,
+    },
 };
 
 /// `kvm_mmio.type` of a read that still waits for user space; the matching
@@ -38,7 +41,7 @@ fn try_kvm_cpuid(ctx: &TracePointContext) -> Result<u32, i64> {
             subleaf: ctx.read_at::<u32>(offset!(cpuid_index))?,
         }
     };
-    increment(&CPUID_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    record_cpuid(&key);
     Ok(0)
 }
 
@@ -50,9 +53,14 @@ pub fn kvm_cpuid_raw(ctx: RawTracePointContext) -> u32 {
             leaf: ctx.arg::<u64>(0) as u32,
             subleaf: ctx.arg::<u64>(1) as u32,
         };
-        increment(&CPUID_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+        record_cpuid(&key);
     }
     0
+}
+
+#[inline(always)]
+fn record_cpuid(key: &CpuidKey) {
+    increment_cached(&CPUID_CACHE, key.leaf ^ key.subleaf, &CPUID_EVENTS, key);
 }
 
 /// `kvm:kvm_pio` (`kernel_pio`/`emulator_pio_in_out`): one per port access.
@@ -71,9 +79,10 @@ fn try_kvm_pio(ctx: &TracePointContext) -> Result<u32, i64> {
             port: ctx.read_at::<u32>(offset!(pio_port))? as u16,
             write: u8::from(ctx.read_at::<u32>(offset!(pio_rw))? != 0),
             size: ctx.read_at::<u32>(offset!(pio_size))? as u8,
+            _pad: 0,
         }
     };
-    increment(&PIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    record_pio(&key);
     Ok(0)
 }
 
@@ -86,10 +95,22 @@ pub fn kvm_pio_raw(ctx: RawTracePointContext) -> u32 {
             port: ctx.arg::<u64>(1) as u16,
             write: u8::from(ctx.arg::<u64>(0) as u32 != 0),
             size: ctx.arg::<u64>(2) as u8,
+            _pad: 0,
         };
-        increment(&PIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+        record_pio(&key);
     }
     0
+}
+
+/// `out` and `in` of one port alternate: they get different ways.
+#[inline(always)]
+fn record_pio(key: &PioKey) {
+    increment_cached(
+        &PIO_CACHE,
+        u32::from(key.write) | u32::from(key.port) << 1,
+        &PIO_EVENTS,
+        key,
+    );
 }
 
 /// `kvm:kvm_mmio`: MMIO reads and writes KVM emulated.
@@ -132,7 +153,12 @@ fn record_mmio(kind: u32, gpa: u64) {
         write: u32::from(kind == MMIO_WRITE),
         _pad: 0,
     };
-    increment(&MMIO_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    increment_cached(
+        &MMIO_CACHE,
+        key.write | ((key.gpa >> 2) as u32) << 1,
+        &MMIO_EVENTS,
+        &key,
+    );
 }
 
 /// `kvm:kvm_msr`: `rdmsr`/`wrmsr` KVM handled.
@@ -152,7 +178,7 @@ fn try_kvm_msr(ctx: &TracePointContext) -> Result<u32, i64> {
             write: u32::from(ctx.read_at::<u32>(offset!(msr_write))? != 0),
         }
     };
-    increment(&MSR_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+    record_msr(&key);
     Ok(0)
 }
 
@@ -164,9 +190,15 @@ pub fn kvm_msr_raw(ctx: RawTracePointContext) -> u32 {
             index: ctx.arg::<u64>(1) as u32,
             write: u32::from(ctx.arg::<u64>(0) as u32 != 0),
         };
-        increment(&MSR_EVENTS, &key, drop_reason::EVENT_MAP_FULL);
+        record_msr(&key);
     }
     0
+}
+
+/// `rdmsr` and `wrmsr` of one MSR alternate: they get different ways.
+#[inline(always)]
+fn record_msr(key: &MsrKey) {
+    increment_cached(&MSR_CACHE, key.write | key.index << 1, &MSR_EVENTS, key);
 }
 
 /// `kvm:kvm_hypercall`: `vmcall`/`vmmcall` KVM handled.

@@ -5,9 +5,10 @@ use aya_ebpf::{
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, CpuidKey, EVENT_MAP_ENTRIES,
-        ExitStats, MmioKey, MsrKey, PENDING_MAP_ENTRIES, PendingExit, PendingUserspaceExit, PioKey,
-        TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, CachedCount, CpuidKey,
+        EVENT_CACHE_WAYS, EVENT_MAP_ENTRIES, ExitStats, MmioKey, MsrKey, PENDING_MAP_ENTRIES,
+        PendingExit, PendingUserspaceExit, PioKey, TRACKED_MAP_ENTRIES, UserspaceExitStats,
+        drop_reason,
     },
     reasons::SLOTS,
 };
@@ -32,20 +33,40 @@ pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
 pub static CPUID_EVENTS: PerCpuHashMap<CpuidKey, u64> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
+/// Per-CPU front cache of `CPUID_EVENTS` (see `CachedCount`).
+#[map]
+pub static CPUID_CACHE: PerCpuArray<CachedCount<CpuidKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
 /// `kvm_pio` by (port, direction, size).
 #[map]
 pub static PIO_EVENTS: PerCpuHashMap<PioKey, u64> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `PIO_EVENTS`.
+#[map]
+pub static PIO_CACHE: PerCpuArray<CachedCount<PioKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
 
 /// `kvm_mmio` by (gpa, direction); unsatisfied reads are not counted.
 #[map]
 pub static MMIO_EVENTS: PerCpuHashMap<MmioKey, u64> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
+/// Per-CPU front cache of `MMIO_EVENTS`.
+#[map]
+pub static MMIO_CACHE: PerCpuArray<CachedCount<MmioKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
 /// `kvm_msr` by (index, direction).
 #[map]
 pub static MSR_EVENTS: PerCpuHashMap<MsrKey, u64> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `MSR_EVENTS`.
+#[map]
+pub static MSR_CACHE: PerCpuArray<CachedCount<MsrKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
 
 /// `kvm_hypercall` by number.
 #[map]
@@ -67,6 +88,12 @@ pub static PENDING_USERSPACE: LruHashMap<u32, PendingUserspaceExit> =
 /// Process ids whose events are counted when `CONFIG.filter` says so.
 #[map]
 pub static TRACKED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TRACKED_MAP_ENTRIES, 0);
+
+/// Per CPU, the last process found in `TRACKED_TGIDS` (0: none). Entries
+/// of `TRACKED_TGIDS` are never removed, so a hit here is the hash map's
+/// answer without the hash lookup.
+#[map]
+pub static LAST_TRACKED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Events not counted, by [`drop_reason`].
 #[map]

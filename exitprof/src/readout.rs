@@ -1,12 +1,14 @@
 //! Readout: every map summed over CPUs into one [`Snapshot`]. The only code
 //! besides the loader that touches maps; presenters read snapshots.
+use std::collections::BTreeMap;
+
 use aya::{
     Ebpf, Pod,
     maps::{MapError, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
-        BreakdownKey, BreakdownStats, CpuidKey, ExitStats, MmioKey, MsrKey, PioKey,
+        BreakdownKey, BreakdownStats, CachedCount, CpuidKey, ExitStats, MmioKey, MsrKey, PioKey,
         UserspaceExitStats,
     },
     reasons::{self, Isa, SLOT_VMX_OTHER},
@@ -185,8 +187,38 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
     }
 }
 
-/// Sums a per-CPU hash map of counters into `(key, total)`, sorted by key.
+/// Sums a per-CPU hash map of counters and its per-CPU front cache
+/// (`CachedCount`) into `(key, total)`, sorted by key. The cache is read
+/// first: per (CPU, key) the larger of cache and map is the count, which
+/// never goes backwards while events arrive (see `CachedCount`).
 fn counts<K: Pod + Copy + Ord>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    cache: &'static str,
+) -> Result<Vec<(K, u64)>, LoadError> {
+    let cached = array_entries::<CachedCount<K>>(ebpf, cache)?;
+    let mut per_key: BTreeMap<K, Vec<u64>> =
+        hash_entries::<K, u64>(ebpf, name)?.into_iter().collect();
+    for way in &cached {
+        for (cpu, c) in way.iter().enumerate() {
+            if c.count == 0 {
+                continue;
+            }
+            let values = per_key.entry(c.key).or_default();
+            if values.len() <= cpu {
+                values.resize(cpu + 1, 0);
+            }
+            values[cpu] = values[cpu].max(c.count);
+        }
+    }
+    Ok(per_key
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().sum()))
+        .collect())
+}
+
+/// A per-CPU hash map of counters without a cache, like [`counts`].
+fn plain_counts<K: Pod + Copy + Ord>(
     ebpf: &Ebpf,
     name: &'static str,
 ) -> Result<Vec<(K, u64)>, LoadError> {
@@ -199,7 +231,7 @@ fn counts<K: Pod + Copy + Ord>(
 }
 
 fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
-    let cpuid = counts::<CpuidKey>(ebpf, "CPUID_EVENTS")?
+    let cpuid = counts::<CpuidKey>(ebpf, "CPUID_EVENTS", "CPUID_CACHE")?
         .into_iter()
         .map(|(k, count)| CpuidRow {
             leaf: k.leaf,
@@ -207,7 +239,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let pio = counts::<PioKey>(ebpf, "PIO_EVENTS")?
+    let pio = counts::<PioKey>(ebpf, "PIO_EVENTS", "PIO_CACHE")?
         .into_iter()
         .map(|(k, count)| PioRow {
             port: k.port,
@@ -216,7 +248,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let mmio = counts::<MmioKey>(ebpf, "MMIO_EVENTS")?
+    let mmio = counts::<MmioKey>(ebpf, "MMIO_EVENTS", "MMIO_CACHE")?
         .into_iter()
         .map(|(k, count)| MmioRow {
             gpa: k.gpa,
@@ -224,7 +256,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let msr = counts::<MsrKey>(ebpf, "MSR_EVENTS")?
+    let msr = counts::<MsrKey>(ebpf, "MSR_EVENTS", "MSR_CACHE")?
         .into_iter()
         .map(|(k, count)| MsrRow {
             index: k.index,
@@ -232,7 +264,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let hypercall = counts::<u64>(ebpf, "HYPERCALL_EVENTS")?
+    let hypercall = plain_counts::<u64>(ebpf, "HYPERCALL_EVENTS")?
         .into_iter()
         .map(|(nr, count)| HypercallRow { nr, count })
         .collect();
