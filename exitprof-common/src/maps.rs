@@ -193,7 +193,7 @@ pub struct UserspaceExitStats {
 pub struct PendingUserspaceExit {
     /// `bpf_ktime_get_ns()` at `kvm_userspace_exit`.
     pub ts_ns: u64,
-    /// Userspace-exit reason key.
+    /// `USERSPACE_EXITS` slot (`userspace_exit::slot`).
     pub reason: u32,
     /// Always 0.
     pub _pad: u32,

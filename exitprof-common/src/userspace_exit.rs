@@ -51,3 +51,61 @@ pub const IO: u32 = 2;
 pub const HLT: u32 = 5;
 /// `KVM_EXIT_MMIO`.
 pub const MMIO: u32 = 6;
+
+/// `USERSPACE_EXITS` is a per-CPU array: `KVM_EXIT_*` reasons below this
+/// have a slot each (the same number)...
+pub const REASON_SLOTS: u32 = 64;
+/// ...then negative errnos below this, at `REASON_SLOTS + errno`...
+pub const ERRNO_SLOTS: u32 = 192;
+/// ...then one slot for anything else.
+pub const SLOT_OTHER: u32 = REASON_SLOTS + ERRNO_SLOTS;
+/// Slots of `USERSPACE_EXITS`.
+pub const SLOTS: u32 = SLOT_OTHER + 1;
+/// The reason key reported for [`SLOT_OTHER`].
+pub const OTHER: u32 = u32::MAX;
+
+/// The `USERSPACE_EXITS` slot of a return from `KVM_RUN`.
+#[inline(always)]
+#[must_use]
+pub fn slot(reason: u32, errno: i32) -> u32 {
+    if errno < 0 {
+        let errno = errno.unsigned_abs();
+        if errno < ERRNO_SLOTS {
+            REASON_SLOTS + errno
+        } else {
+            SLOT_OTHER
+        }
+    } else if reason < REASON_SLOTS {
+        reason
+    } else {
+        SLOT_OTHER
+    }
+}
+
+/// The reason key of a slot: the `KVM_EXIT_*` value, `ERRNO_BASE + errno`,
+/// or [`OTHER`].
+#[must_use]
+pub const fn slot_reason(slot: u32) -> u32 {
+    if slot < REASON_SLOTS {
+        slot
+    } else if slot < SLOT_OTHER {
+        ERRNO_BASE + slot - REASON_SLOTS
+    } else {
+        OTHER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip() {
+        assert_eq!(slot(IO, 0), 2);
+        assert_eq!(slot_reason(slot(IO, 0)), IO);
+        assert_eq!(slot_reason(slot(0, -4)), ERRNO_BASE + EINTR);
+        assert_eq!(slot(99, 0), SLOT_OTHER);
+        assert_eq!(slot(0, -500), SLOT_OTHER);
+        assert_eq!(slot_reason(SLOT_OTHER), OTHER);
+    }
+}

@@ -11,6 +11,7 @@ use exitprof_common::{
         drop_reason,
     },
     reasons::SLOTS,
+    userspace_exit,
 };
 
 /// Per dense exit-reason slot: count, time, min, max, histogram.
@@ -73,11 +74,11 @@ pub static MSR_CACHE: PerCpuArray<CachedCount<MsrKey>> =
 pub static HYPERCALL_EVENTS: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
-/// `kvm_userspace_exit` by reason, with the round trip to the next
+/// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
 /// `ioctl(KVM_RUN)`.
 #[map]
-pub static USERSPACE_EXITS: PerCpuHashMap<u32, UserspaceExitStats> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+pub static USERSPACE_EXITS: PerCpuArray<UserspaceExitStats> =
+    PerCpuArray::with_max_entries(userspace_exit::SLOTS, 0);
 
 /// Returns to user space in flight, by thread id; kept like
 /// `PENDING_EXITS`.

@@ -6,14 +6,11 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use exitprof_common::{
-    maps::{PendingUserspaceExit, UserspaceExitStats, drop_reason},
-    userspace_exit::ERRNO_BASE,
-};
+use exitprof_common::{maps::PendingUserspaceExit, userspace_exit};
 
 use crate::{
     config::{current, offset, wanted},
-    counters::{close, entry, open},
+    counters::{close, open},
     maps::{PENDING_USERSPACE, USERSPACE_EXITS},
 };
 
@@ -55,24 +52,14 @@ pub fn kvm_userspace_exit_raw(ctx: RawTracePointContext) -> u32 {
 /// Counts a return to user space and opens its round trip.
 #[inline(always)]
 fn record_userspace_exit(tid: u32, reason: u32, errno: i32) {
-    let reason = if errno < 0 {
-        ERRNO_BASE + errno.unsigned_abs()
-    } else {
-        reason
-    };
-    let init = UserspaceExitStats::default();
-    if let Some(stats) = entry(
-        &USERSPACE_EXITS,
-        &reason,
-        &init,
-        drop_reason::EVENT_MAP_FULL,
-    ) {
-        // SAFETY: per-CPU value of this CPU.
+    let slot = userspace_exit::slot(reason, errno);
+    if let Some(stats) = USERSPACE_EXITS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
     let pending = PendingUserspaceExit {
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        reason,
+        reason: slot,
         _pad: 0,
     };
     open(&PENDING_USERSPACE, tid, &pending);
@@ -96,13 +83,7 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
-    let init = UserspaceExitStats::default();
-    if let Some(stats) = entry(
-        &USERSPACE_EXITS,
-        &pending.reason,
-        &init,
-        drop_reason::EVENT_MAP_FULL,
-    ) {
+    if let Some(stats) = USERSPACE_EXITS.get_ptr_mut(pending.reason) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
             (*stats).roundtrips += 1;

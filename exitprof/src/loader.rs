@@ -140,7 +140,6 @@ const SIZED_MAPS: &[&str] = &[
     "MMIO_EVENTS",
     "MSR_EVENTS",
     "HYPERCALL_EVENTS",
-    "USERSPACE_EXITS",
     "EXIT_BREAKDOWN",
 ];
 

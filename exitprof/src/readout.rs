@@ -269,13 +269,20 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
         .map(|(nr, count)| HypercallRow { nr, count })
         .collect();
     let mut userspace_exit = Vec::new();
-    for (reason, per_cpu) in hash_entries::<u32, UserspaceExitStats>(ebpf, "USERSPACE_EXITS")? {
+    for (slot, per_cpu) in array_entries::<UserspaceExitStats>(ebpf, "USERSPACE_EXITS")?
+        .iter()
+        .enumerate()
+    {
+        if per_cpu.iter().all(|v| v.count == 0 && v.roundtrips == 0) {
+            continue;
+        }
+        let reason = userspace_exit::slot_reason(u32::try_from(slot).unwrap_or(u32::MAX));
         let mut row = UserspaceExitRow {
             reason,
             name: userspace_exit_name(reason),
             ..UserspaceExitRow::default()
         };
-        for v in &per_cpu {
+        for v in per_cpu {
             row.count += v.count;
             row.roundtrips += v.roundtrips;
             row.roundtrip_total_ns += v.roundtrip_total_ns;
@@ -297,6 +304,9 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
 /// `IO`, `HLT`, ..., or `restart (EINTR)` / `error (errno N)`.
 #[must_use]
 pub fn userspace_exit_name(reason: u32) -> String {
+    if reason == userspace_exit::OTHER {
+        return "other (reason >= 64 or errno >= 192)".to_owned();
+    }
     if let Some(errno) = reason.checked_sub(userspace_exit::ERRNO_BASE) {
         if errno == userspace_exit::EINTR {
             "restart (EINTR)".to_owned()
