@@ -24,6 +24,9 @@ use crate::{
     },
 };
 
+/// Every `(key, per-CPU values)` of a per-CPU map.
+type Entries<K, V> = Vec<(K, Vec<V>)>;
+
 /// Code reported for the "other" slots, whose raw code the array does not
 /// keep: VMX (basic reasons are 16 bits, so this is no real code) ...
 pub const OTHER_VMX_CODE: u32 = u32::MAX;
@@ -66,7 +69,7 @@ fn fd_and_cpus(ebpf: &Ebpf, name: &'static str) -> Result<(std::os::fd::RawFd, u
 fn batched<K: Copy, V: Copy>(
     ebpf: &Ebpf,
     name: &'static str,
-) -> Result<Option<Vec<(K, Vec<V>)>>, LoadError> {
+) -> Result<Option<Entries<K, V>>, LoadError> {
     let (fd, cpus) = fd_and_cpus(ebpf, name)?;
     match crate::batch::lookup_all::<K, V>(fd, cpus) {
         Ok(entries) => Ok(Some(entries)),
@@ -79,7 +82,7 @@ fn batched<K: Copy, V: Copy>(
 fn hash_entries<K: Pod + Copy, V: Pod + Copy>(
     ebpf: &Ebpf,
     name: &'static str,
-) -> Result<Vec<(K, Vec<V>)>, LoadError> {
+) -> Result<Entries<K, V>, LoadError> {
     if let Some(entries) = batched(ebpf, name)? {
         return Ok(entries);
     }
