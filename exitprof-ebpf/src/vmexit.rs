@@ -64,8 +64,13 @@ fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
     // SAFETY: probe reads of kernel memory at offsets from this kernel's
     // BTF; a bad address fails the read, it cannot fault.
     let (reason, vcpu_id) = unsafe {
-        let vcpu_id =
-            bpf_probe_read_kernel(vcpu.add(config!(raw.kvm_vcpu_id) as usize).cast::<u32>())?;
+        // Only the per-vCPU breakdown needs the vCPU id: skip the read
+        // otherwise.
+        let vcpu_id = if config!(breakdown) != 0 {
+            bpf_probe_read_kernel(vcpu.add(config!(raw.kvm_vcpu_id) as usize).cast::<u32>())?
+        } else {
+            0
+        };
         let reason = if isa == Isa::Svm as u32 {
             let vmcb = bpf_probe_read_kernel(
                 vcpu.add(config!(raw.svm_vmcb) as usize).cast::<*const u8>(),

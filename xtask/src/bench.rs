@@ -54,9 +54,9 @@ struct Sizes {
 const FULL: Sizes = Sizes {
     host_cpuid: 200_000,
     host_rounds: 5,
-    sandbox_cpuid: 20_000,
-    sandbox_pio: 3_000,
-    sandbox_rounds: 3,
+    sandbox_cpuid: 10_000,
+    sandbox_pio: 2_000,
+    sandbox_rounds: 5,
     readout_repeat: 20,
     tui_seconds: 60,
 };
@@ -90,11 +90,16 @@ struct ProgramCost {
     ns_per_run: f64,
 }
 
-/// One workload's time under one tracer.
+/// One workload's time under one tracer. Noise on these machines only
+/// adds time, so the fastest of the interleaved rounds is the figure
+/// compared (`ratio` = its min over the untraced min); the median is
+/// kept for reference.
 #[derive(Debug, Serialize)]
 struct Slowdown {
     workload: String,
     tracer: String,
+    rounds: usize,
+    min_ms: f64,
     median_ms: f64,
     ratio: f64,
 }
@@ -392,14 +397,19 @@ fn push_slowdowns(
     tracers: &[&str],
     times: Vec<Vec<f64>>,
 ) {
-    let medians: Vec<f64> = times.into_iter().map(median).collect();
-    let base = medians[0];
-    for (tracer, ms) in tracers.iter().zip(medians) {
+    let mins: Vec<f64> = times
+        .iter()
+        .map(|t| t.iter().copied().fold(f64::INFINITY, f64::min))
+        .collect();
+    let base = mins[0];
+    for ((tracer, t), min) in tracers.iter().zip(times).zip(mins) {
         into.push(Slowdown {
             workload: workload.to_owned(),
             tracer: (*tracer).to_owned(),
-            median_ms: ms,
-            ratio: ms / base,
+            rounds: t.len(),
+            min_ms: min,
+            median_ms: median(t),
+            ratio: min / base,
         });
     }
 }
@@ -730,7 +740,10 @@ fn render(r: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(out, "WORKLOAD SLOWDOWN (median, ratio to untraced)");
+    let _ = writeln!(
+        out,
+        "WORKLOAD SLOWDOWN (fastest of the rounds, ratio to untraced; median in brackets)"
+    );
     for (scope, list) in [
         ("host", &r.host_slowdown),
         ("sandbox (TCG)", &r.sandbox_slowdown),
@@ -738,8 +751,8 @@ fn render(r: &Report) -> String {
         for s in list.iter() {
             let _ = writeln!(
                 out,
-                "  {scope:<14} {:<12} {:<17} {:>10.1} ms  x{:.3}",
-                s.workload, s.tracer, s.median_ms, s.ratio
+                "  {scope:<14} {:<12} {:<17} {:>10.1} ms  x{:.3}  ({:.1} ms)",
+                s.workload, s.tracer, s.min_ms, s.ratio, s.median_ms
             );
         }
     }
@@ -819,7 +832,7 @@ fn check_smoke(r: &Report) -> anyhow::Result<()> {
         r.host_slowdown
             .iter()
             .chain(&r.sandbox_slowdown)
-            .all(|s| s.median_ms > 0.0 && s.ratio.is_finite()),
+            .all(|s| s.min_ms > 0.0 && s.ratio.is_finite()),
         "smoke: a workload took no time"
     );
     ensure!(

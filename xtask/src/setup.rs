@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
         "librsvg2-bin",
         "the e2e test renders exitprof report's SVG chart",
     ),
+    ("xz-utils", "unpacking linux-source-6.1"),
+    ("procps", "cargo xtask bench finds exitprof top with pgrep"),
     ("flex", "building the patched KVM modules (kconfig)"),
     ("bison", "building the patched KVM modules (kconfig)"),
     ("bc", "building the patched KVM modules"),

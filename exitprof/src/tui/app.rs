@@ -134,6 +134,9 @@ pub struct App {
     pub latest: Snapshot,
     /// Counters are shown relative to this (reset with `r`).
     pub baseline: Snapshot,
+    /// `latest` since `baseline`, computed once per snapshot (drawing
+    /// reads it several times per frame).
+    shown: Snapshot,
     /// The snapshot before `latest` (rates are the difference).
     pub previous: Option<Snapshot>,
     /// Exits/s per reason name, oldest first.
@@ -181,6 +184,7 @@ impl App {
         };
         Self {
             baseline: first.clone(),
+            shown: first.since(&first),
             latest: first,
             previous: None,
             history: BTreeMap::new(),
@@ -224,6 +228,7 @@ impl App {
                     }
                 }
                 self.previous = Some(std::mem::replace(&mut self.latest, snapshot));
+                self.shown = self.latest.since(&self.baseline);
             }
             Action::ProcessNames(names) => self.comms.extend(names),
             Action::Quit => self.quit = true,
@@ -270,6 +275,7 @@ impl App {
             }
             Action::Reset => {
                 self.baseline = self.latest.clone();
+                self.shown = self.latest.since(&self.baseline);
                 self.previous = None;
                 self.history.clear();
                 self.selected = 0;
@@ -281,8 +287,8 @@ impl App {
 
     /// What happened since the baseline.
     #[must_use]
-    pub fn shown(&self) -> Snapshot {
-        self.latest.since(&self.baseline)
+    pub fn shown(&self) -> &Snapshot {
+        &self.shown
     }
 
     /// What happened in the last interval.
@@ -394,11 +400,11 @@ impl App {
 
     /// The breakdown rows since the baseline, filtered by VM and reason.
     #[must_use]
-    pub fn vcpu_rows(&self) -> Vec<ExitRow> {
-        let mut rows: Vec<ExitRow> = self
-            .shown()
+    pub fn vcpu_rows(&self) -> Vec<&ExitRow> {
+        let mut rows: Vec<&ExitRow> = self
+            .shown
             .exits
-            .into_iter()
+            .iter()
             .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
             .filter(|r| self.reason_matches(&r.name))
             .collect();

@@ -180,7 +180,7 @@ impl App {
 
     fn events(&self, area: Rect, buf: &mut Buffer) {
         let mut text = String::new();
-        render_events(&mut text, &self.shown());
+        render_events(&mut text, self.shown());
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!("dropped: {}", self.shown().dropped),
@@ -189,9 +189,11 @@ impl App {
     }
 
     fn vcpus(&self, area: Rect, buf: &mut Buffer) {
+        // Only the rows that fit are formatted (a big host has thousands).
         let rows: Vec<Row> = self
             .vcpu_rows()
             .iter()
+            .take(usize::from(area.height))
             .map(|r| {
                 let pid = r.pid.unwrap_or_default();
                 Row::new(vec![
