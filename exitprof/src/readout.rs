@@ -140,7 +140,7 @@ pub fn read(ebpf: &Ebpf, backend: Backend) -> Result<Snapshot, LoadError> {
         row.hist_log2_ns.clear();
         rows.push(row);
     }
-    rows.sort_by_key(|r| (r.pid, r.vcpu, r.reason));
+    rows.sort_unstable_by_key(|r| (r.pid, r.vcpu, r.reason));
     snapshot.exits.extend(rows);
     snapshot.events = read_events(ebpf)?;
     snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?

@@ -515,8 +515,10 @@ fn tui(exitprof: &Path, seconds: u64) -> anyhow::Result<Value> {
         .args(["send-keys", "-t", &session, "q"])
         .status();
     sleep(Duration::from_millis(500));
+    // Usually gone already: `q` ended the session.
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
+        .stderr(Stdio::null())
         .status();
     result
 }
