@@ -18,6 +18,8 @@ use exitprof_common::{
 };
 use serde::Serialize;
 
+use crate::present::percent;
+
 /// Arguments of `exitprof guest`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -220,15 +222,6 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
         queries: cpu.queries,
         reasons: rows,
     })
-}
-
-fn percent(part: u64, whole: u64) -> String {
-    if whole == 0 {
-        return "-".to_owned();
-    }
-    #[expect(clippy::cast_precision_loss, reason = "a percentage for display")]
-    let p = part as f64 * 100.0 / whole as f64;
-    format!("{p:.2}%")
 }
 
 /// The table, like `perf kvm stat report`.

@@ -355,11 +355,11 @@ impl Profiler {
             }
             match &hook.raw {
                 Some(raw) if plan.is_raw(raw.group) => {
-                    attach_raw(&mut ebpf, hook, raw)?;
+                    attach(&mut ebpf, hook, Some(raw))?;
                     attached.push(raw.program);
                 }
                 _ => {
-                    attach(&mut ebpf, hook)?;
+                    attach(&mut ebpf, hook, None)?;
                     attached.push(hook.program);
                 }
             }
@@ -516,37 +516,27 @@ fn offsets<'a>(find: &impl Fn(&str) -> Option<&'a Format>) -> Result<Offsets, Tr
     })
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), LoadError> {
+/// Loads and attaches `hook`'s classic program, or its raw one.
+fn attach(ebpf: &mut Ebpf, hook: &Hook, raw: Option<&RawHook>) -> Result<(), LoadError> {
+    let name = raw.map_or(hook.program, |r| r.program);
     let fail = |source: ProgramError| LoadError::Attach {
-        program: hook.program,
+        program: name,
         category: hook.category,
         event: hook.event,
         source: Box::new(source),
     };
-    let program: &mut TracePoint = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?
-        .try_into()
-        .map_err(fail)?;
-    program.load().map_err(fail)?;
-    program.attach(hook.category, hook.event).map_err(fail)?;
-    Ok(())
-}
-
-fn attach_raw(ebpf: &mut Ebpf, hook: &Hook, raw: &RawHook) -> Result<(), LoadError> {
-    let fail = |source: ProgramError| LoadError::Attach {
-        program: raw.program,
-        category: hook.category,
-        event: hook.event,
-        source: Box::new(source),
-    };
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(raw.program)
-        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?
-        .try_into()
-        .map_err(fail)?;
-    program.load().map_err(fail)?;
-    program.attach(hook.event).map_err(fail)?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?;
+    if raw.is_some() {
+        let program: &mut RawTracePoint = program.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(hook.event).map_err(fail)?;
+    } else {
+        let program: &mut TracePoint = program.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(hook.category, hook.event).map_err(fail)?;
+    }
     Ok(())
 }
 
