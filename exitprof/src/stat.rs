@@ -27,7 +27,9 @@ Examples:
   sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s
       count one running VM for 10 seconds
   sudo exitprof stat --json --duration 5s
-      every VM on the host, one JSON snapshot")]
+      every VM on the host, one JSON snapshot
+  sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
+      what each program costs per event with classic tracepoints")]
 pub struct StatArgs {
     /// Print one JSON snapshot (see DESIGN.md) instead of tables.
     #[arg(long)]
