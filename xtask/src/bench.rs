@@ -49,6 +49,9 @@ struct Sizes {
     sandbox_rounds: usize,
     readout_repeat: u32,
     tui_seconds: u64,
+    /// Longest the sandbox boot may take before it counts as a stall of
+    /// the TCG emulation (and is retried once).
+    sandbox_timeout_s: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -59,6 +62,7 @@ const FULL: Sizes = Sizes {
     sandbox_rounds: 5,
     readout_repeat: 20,
     tui_seconds: 60,
+    sandbox_timeout_s: 1800,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -69,6 +73,7 @@ const SMOKE: Sizes = Sizes {
     sandbox_rounds: 1,
     readout_repeat: 3,
     tui_seconds: 5,
+    sandbox_timeout_s: 300,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
@@ -572,7 +577,7 @@ done
             name: "bench",
             script: &script,
             npt: true,
-            timeout: Duration::from_secs(1800),
+            timeout: Duration::from_secs(sizes.sandbox_timeout_s),
             modules: None,
             extra: BENCH_TOOLS,
         },
