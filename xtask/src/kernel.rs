@@ -225,30 +225,6 @@ fn kernel_dir() -> PathBuf {
     workspace_root().join("target/kernel")
 }
 
-/// Downloads `package=version` into `target/kernel/debs` (cached) and
-/// returns the `.deb`.
-fn download(package: &str, version: &str) -> anyhow::Result<PathBuf> {
-    let debs = kernel_dir().join("debs");
-    fs::create_dir_all(&debs)?;
-    let find = || {
-        fs::read_dir(&debs).ok().and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
-        })
-    };
-    if let Some(deb) = find() {
-        return Ok(deb);
-    }
-    println!("[kernel] downloading {package} {version}");
-    run(Command::new("apt-get")
-        .args(["download", &format!("{package}={version}")])
-        .current_dir(&debs))?;
-    find().context("apt-get download left no .deb")
-}
-
 /// The patched modules for `kernel`, built once and cached: their
 /// directory (holding `arch/x86/kvm/*.ko`).
 pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
@@ -268,9 +244,11 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         .release
         .strip_suffix("-amd64")
         .context("the sandbox kernel is not an amd64 flavour")?;
-    let source = download("linux-source-6.1", version)?;
-    let headers = download(&format!("linux-headers-{}", kernel.release), version)?;
-    let common = download(&format!("linux-headers-{flavour}-common"), version)?;
+    let debs = kernel_dir().join("debs");
+    let source = sandbox::download_deb(&debs, "linux-source-6.1", version)?;
+    let headers =
+        sandbox::download_deb(&debs, &format!("linux-headers-{}", kernel.release), version)?;
+    let common = sandbox::download_deb(&debs, &format!("linux-headers-{flavour}-common"), version)?;
 
     let work = kernel_dir().join("build");
     let _ = fs::remove_dir_all(&work);

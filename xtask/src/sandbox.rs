@@ -102,29 +102,7 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
     let stamp = dir.join(".unpacked");
     if !stamp.exists() {
         let package = image_package(&version)?;
-        println!("[sandbox] downloading {package} {version}");
-        let debs = sandbox_dir().join("debs");
-        fs::create_dir_all(&debs)?;
-        let download = || {
-            run(Command::new("apt-get")
-                .args(["download", &format!("{package}={version}")])
-                .current_dir(&debs))
-        };
-        if download().is_err() {
-            // Lists older than the mirror name files it no longer has.
-            println!("[sandbox] download failed; refreshing package lists and retrying");
-            run(Command::new("apt-get").arg("update"))?;
-            download()?;
-        }
-        let deb = fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
-            .context("apt-get download left no .deb")?;
+        let deb = download_deb(&sandbox_dir().join("debs"), &package, &version)?;
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
@@ -153,6 +131,37 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
         vmlinuz,
         modules,
     })
+}
+
+/// Downloads Debian package `package=version` into `debs` (kept there as
+/// a cache) and returns the `.deb`.
+pub fn download_deb(debs: &Path, package: &str, version: &str) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(debs)?;
+    let find = || {
+        fs::read_dir(debs).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+        })
+    };
+    if let Some(deb) = find() {
+        return Ok(deb);
+    }
+    println!("[download] {package} {version}");
+    let download = || {
+        run(Command::new("apt-get")
+            .args(["download", &format!("{package}={version}")])
+            .current_dir(debs))
+    };
+    if download().is_err() {
+        // Lists older than the mirror name files it no longer has.
+        println!("[download] failed; refreshing package lists and retrying");
+        run(Command::new("apt-get").arg("update"))?;
+        download()?;
+    }
+    find().context("apt-get download left no .deb")
 }
 
 /// `kvm-amd` and the modules it needs (their `depends=`).
