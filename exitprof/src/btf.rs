@@ -127,9 +127,12 @@ impl Blob {
     }
 }
 
+/// vmlinux's BTF, parsed once and shared by every module's view.
+pub struct Vmlinux(Blob);
+
 /// vmlinux's BTF and one module's (or none), searched together.
-pub struct Btf {
-    base: Blob,
+pub struct Btf<'a> {
+    base: &'a Blob,
     module: Option<Blob>,
 }
 
@@ -154,14 +157,26 @@ fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
     })
 }
 
-impl Btf {
-    /// vmlinux's BTF from `dir` (`/sys/kernel/btf`), with `module`'s on top
-    /// when given.
+impl Vmlinux {
+    /// vmlinux's BTF from `dir` (`/sys/kernel/btf`).
     ///
     /// # Errors
-    /// When a file is missing or not BTF.
-    pub fn load(dir: &Path, module: Option<&str>) -> Result<Self, BtfError> {
-        let base = Blob::parse(read(&dir.join("vmlinux"))?, 1, 0, "vmlinux")?;
+    /// When the file is missing or not BTF.
+    pub fn load(dir: &Path) -> Result<Self, BtfError> {
+        Ok(Self(Blob::parse(
+            read(&dir.join("vmlinux"))?,
+            1,
+            0,
+            "vmlinux",
+        )?))
+    }
+
+    /// vmlinux with `module`'s split BTF from `dir` on top, when given.
+    ///
+    /// # Errors
+    /// When the module's file is missing or not BTF.
+    pub fn with_module(&self, dir: &Path, module: Option<&str>) -> Result<Btf<'_>, BtfError> {
+        let base = &self.0;
         let module = match module {
             Some(name) => Some(Blob::parse(
                 read(&dir.join(name))?,
@@ -171,11 +186,13 @@ impl Btf {
             )?),
             None => None,
         };
-        Ok(Self { base, module })
+        Ok(Btf { base, module })
     }
+}
 
+impl Btf<'_> {
     fn blobs(&self) -> impl Iterator<Item = &Blob> {
-        std::iter::once(&self.base).chain(self.module.as_ref())
+        std::iter::once(self.base).chain(self.module.as_ref())
     }
 
     fn get(&self, id: u32) -> Option<(&Blob, &Type)> {
@@ -412,8 +429,9 @@ mod tests {
 
     #[test]
     fn member_offsets_and_tracepoint_args() {
+        let base = Blob::parse(sample(), 1, 0, "test").unwrap();
         let btf = Btf {
-            base: Blob::parse(sample(), 1, 0, "test").unwrap(),
+            base: &base,
             module: None,
         };
         assert_eq!(btf.offset("kvm_vcpu", &["vcpu_id"]), Some((4, 4)));
@@ -448,7 +466,7 @@ mod tests {
         let module = Blob::parse(m.bytes(), base.next_id(), first_str, "kvm_amd").unwrap();
         assert_eq!(module.first_id, 9);
         let btf = Btf {
-            base,
+            base: &base,
             module: Some(module),
         };
         assert_eq!(
@@ -471,7 +489,8 @@ mod tests {
     fn this_kernel_names_kvm_vcpu_and_kvm_exit() {
         let dir = Path::new("/sys/kernel/btf");
         let module = dir.join("kvm").exists().then_some("kvm");
-        let btf = Btf::load(dir, module).unwrap();
+        let vmlinux = Vmlinux::load(dir).unwrap();
+        let btf = vmlinux.with_module(dir, module).unwrap();
         let (off, size) = btf.offset("kvm_vcpu", &["vcpu_id"]).unwrap();
         assert!(off > 0 && size == 4, "vcpu_id at {off}, {size} bytes");
         assert_eq!(

@@ -16,7 +16,7 @@ use exitprof_common::{
 
 use crate::{
     backend::Backend,
-    btf::{Arg, Btf},
+    btf::{Arg, Btf, Vmlinux},
     mirror::{Mirror, MirrorStatus},
     readout,
     snapshot::{ProgramCost, Snapshot},
@@ -561,21 +561,10 @@ impl RawPlan {
         if mode == AttachMode::Classic {
             return Ok(plan);
         }
-        let dir = std::path::Path::new(BTF_DIR);
-        let module = dir.join("kvm").exists().then_some("kvm");
-        let kvm_is_module = std::path::Path::new("/sys/module/kvm/initstate").exists();
-        let btf = if module.is_none() && kvm_is_module {
-            Err(format!(
-                "the kvm module has no BTF ({BTF_DIR}/kvm is missing: it was built without it)"
-            ))
-        } else {
-            Btf::load(dir, module).map_err(|e| format!("no kernel BTF ({e})"))
-        };
-        match btf {
-            Ok(kvm) => {
-                plan.handlers = check_args(&kvm, Group::Handlers);
-                plan.vmexit = check_args(&kvm, Group::Vmexit)
-                    .and_then(|()| vmexit_offsets(dir, &kvm, &mut plan.offsets));
+        match resolve_raw(&mut plan.offsets) {
+            Ok((vmexit, handlers)) => {
+                plan.vmexit = vmexit;
+                plan.handlers = handlers;
             }
             Err(why) => {
                 plan.vmexit = Err(why.clone());
@@ -633,6 +622,28 @@ impl RawPlan {
     }
 }
 
+/// Whether each group can go raw: (`vmexit`, `handlers`), or why not.
+type GroupsRaw = (Result<(), String>, Result<(), String>);
+
+/// Reads this kernel's BTF once (vmlinux, then kvm's and the vendor's
+/// split BTF on top of it) and decides per group, filling the offsets the
+/// raw `kvm_exit` needs; `Err` when no group can go raw.
+fn resolve_raw(offsets: &mut RawOffsets) -> Result<GroupsRaw, String> {
+    let dir = std::path::Path::new(BTF_DIR);
+    let module = dir.join("kvm").exists().then_some("kvm");
+    if module.is_none() && std::path::Path::new("/sys/module/kvm/initstate").exists() {
+        return Err(format!(
+            "the kvm module has no BTF ({BTF_DIR}/kvm is missing: it was built without it)"
+        ));
+    }
+    let no_btf = |e: crate::btf::BtfError| format!("no kernel BTF ({e})");
+    let vmlinux = Vmlinux::load(dir).map_err(no_btf)?;
+    let kvm = vmlinux.with_module(dir, module).map_err(no_btf)?;
+    let vmexit =
+        check_args(&kvm, Group::Vmexit).and_then(|()| vmexit_offsets(dir, &vmlinux, &kvm, offsets));
+    Ok((vmexit, check_args(&kvm, Group::Handlers)))
+}
+
 /// Checks the raw programs of `group` against their BTF prototypes.
 fn check_args(btf: &Btf, group: Group) -> Result<(), String> {
     for hook in HOOKS {
@@ -666,6 +677,7 @@ fn check_args(btf: &Btf, group: Group) -> Result<(), String> {
 /// The vendor offsets of the raw `kvm_exit` program.
 fn vmexit_offsets(
     dir: &std::path::Path,
+    vmlinux: &Vmlinux,
     kvm: &Btf,
     offsets: &mut RawOffsets,
 ) -> Result<(), String> {
@@ -682,8 +694,12 @@ fn vmexit_offsets(
         .into_iter()
         .find(|m| std::path::Path::new("/sys/module").join(m).exists())
         .ok_or_else(|| "no VMX/SVM vendor module (kvm_amd, kvm_intel) is loaded".to_owned())?;
+    let module_btf;
     let btf = if dir.join(vendor).exists() {
-        Btf::load(dir, Some(vendor)).map_err(|e| e.to_string())?
+        module_btf = vmlinux
+            .with_module(dir, Some(vendor))
+            .map_err(|e| e.to_string())?;
+        &module_btf
     } else if std::path::Path::new("/sys/module")
         .join(vendor)
         .join("initstate")
@@ -693,14 +709,14 @@ fn vmexit_offsets(
             "{vendor} has no BTF ({BTF_DIR}/{vendor} is missing: the module was built without it)"
         ));
     } else {
-        // Built into the kernel: its types are in vmlinux.
-        Btf::load(dir, None).map_err(|e| e.to_string())?
+        // Built into the kernel (and so is kvm): its types are in vmlinux.
+        kvm
     };
     if vendor == "kvm_amd" {
-        offsets.svm_vmcb = field(&btf, "vcpu_svm", &["vmcb"], &[8])?;
-        offsets.vmcb_exit_code = field(&btf, "vmcb", &["control", "exit_code"], &[4, 8])?;
+        offsets.svm_vmcb = field(btf, "vcpu_svm", &["vmcb"], &[8])?;
+        offsets.vmcb_exit_code = field(btf, "vmcb", &["control", "exit_code"], &[4, 8])?;
     } else {
-        offsets.vmx_exit_reason = field(&btf, "vcpu_vmx", &["exit_reason"], &[4])?;
+        offsets.vmx_exit_reason = field(btf, "vcpu_vmx", &["exit_reason"], &[4])?;
     }
     Ok(())
 }
