@@ -12,10 +12,7 @@ use crate::maps::DROPPED;
 /// `DROPPED[reason] += 1`.
 #[inline(always)]
 pub fn drop_event(reason: u32) {
-    if let Some(p) = DROPPED.get_ptr_mut(reason) {
-        // SAFETY: per-CPU slot of this CPU.
-        unsafe { *p += 1 };
-    }
+    drop_events(reason, 1);
 }
 
 /// Finds `key`'s value of this CPU, creating it as `init` when absent.

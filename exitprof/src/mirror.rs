@@ -89,7 +89,7 @@ impl Mirror {
     #[must_use]
     pub fn register(map: std::os::fd::BorrowedFd<'_>) -> Self {
         let debugfs = Path::new(DEBUGFS);
-        ensure_debugfs(debugfs);
+        ensure_debugfs();
         let path = debugfs_file(debugfs);
         let unregistered = Self::unregistered;
         let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -115,29 +115,14 @@ impl Mirror {
     }
 }
 
-/// Mounts debugfs at `dir` when nothing is mounted there (a fresh machine
-/// may not have it); failures surface as "unpatched" or "failed" later.
-fn ensure_debugfs(dir: &Path) {
+/// Mounts debugfs when nothing is mounted there (a fresh machine may not
+/// have it); a failure surfaces as "unpatched" or "failed" later.
+fn ensure_debugfs() {
+    let dir = Path::new(DEBUGFS);
     if dir.join("kvm").exists() || dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         return;
     }
-    let (Ok(source), Ok(target), Ok(fstype)) = (
-        std::ffi::CString::new("debugfs"),
-        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new("debugfs"),
-    ) else {
-        return;
-    };
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        );
-    }
+    let _ = crate::tracefs::mount_pseudo("debugfs", DEBUGFS);
 }
 
 /// The borrowed descriptor of a map, for [`Mirror::register`].

@@ -206,9 +206,19 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     if root.join("events").is_dir() {
         return Ok(root);
     }
-    let source = CString::new("nodev").expect("no NUL");
-    let target = CString::new(TRACEFS).expect("no NUL");
-    let fstype = CString::new("tracefs").expect("no NUL");
+    mount_pseudo("tracefs", TRACEFS).map_err(TracefsError::Mount)?;
+    Ok(root)
+}
+
+/// Mounts the pseudo file system `fstype` (tracefs, debugfs) at `target`.
+///
+/// # Errors
+/// The failed `mount(2)`.
+pub fn mount_pseudo(fstype: &str, target: &str) -> std::io::Result<()> {
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let source = CString::new("nodev").map_err(invalid)?;
+    let target = CString::new(target).map_err(invalid)?;
+    let fstype = CString::new(fstype).map_err(invalid)?;
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe {
         libc::mount(
@@ -220,9 +230,9 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
         )
     };
     if rc != 0 {
-        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(root)
+    Ok(())
 }
 
 /// Reads and parses `events/<category>/<event>/format` under `root`.
