@@ -190,16 +190,20 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
     }
 }
 
-/// Sums a per-CPU hash map of counters and its per-CPU front cache
-/// (`CachedCount`) into `(key, total)`, sorted by key. The cache is read
-/// first: per (CPU, key) the larger of cache and map is the count, which
-/// never goes backwards while events arrive (see `CachedCount`).
+/// Sums a per-CPU hash map of counters, and its per-CPU front cache
+/// (`CachedCount`) when it has one, into `(key, total)`, sorted by key.
+/// The cache is read first: per (CPU, key) the larger of cache and map is
+/// the count, which never goes backwards while events arrive (see
+/// `CachedCount`).
 fn counts<K: Pod + Copy + Ord>(
     ebpf: &Ebpf,
     name: &'static str,
-    cache: &'static str,
+    cache: Option<&'static str>,
 ) -> Result<Vec<(K, u64)>, LoadError> {
-    let cached = array_entries::<CachedCount<K>>(ebpf, cache)?;
+    let cached = match cache {
+        Some(cache) => array_entries::<CachedCount<K>>(ebpf, cache)?,
+        None => Vec::new(),
+    };
     let mut per_key: BTreeMap<K, Vec<u64>> =
         hash_entries::<K, u64>(ebpf, name)?.into_iter().collect();
     for way in &cached {
@@ -220,21 +224,8 @@ fn counts<K: Pod + Copy + Ord>(
         .collect())
 }
 
-/// A per-CPU hash map of counters without a cache, like [`counts`].
-fn plain_counts<K: Pod + Copy + Ord>(
-    ebpf: &Ebpf,
-    name: &'static str,
-) -> Result<Vec<(K, u64)>, LoadError> {
-    let mut out: Vec<(K, u64)> = hash_entries::<K, u64>(ebpf, name)?
-        .into_iter()
-        .map(|(k, v)| (k, v.iter().sum()))
-        .collect();
-    out.sort_by_key(|a| a.0);
-    Ok(out)
-}
-
 fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
-    let cpuid = counts::<CpuidKey>(ebpf, "CPUID_EVENTS", "CPUID_CACHE")?
+    let cpuid = counts::<CpuidKey>(ebpf, "CPUID_EVENTS", Some("CPUID_CACHE"))?
         .into_iter()
         .map(|(k, count)| CpuidRow {
             leaf: k.leaf,
@@ -242,7 +233,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let pio = counts::<PioKey>(ebpf, "PIO_EVENTS", "PIO_CACHE")?
+    let pio = counts::<PioKey>(ebpf, "PIO_EVENTS", Some("PIO_CACHE"))?
         .into_iter()
         .map(|(k, count)| PioRow {
             port: k.port,
@@ -251,7 +242,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let mmio = counts::<MmioKey>(ebpf, "MMIO_EVENTS", "MMIO_CACHE")?
+    let mmio = counts::<MmioKey>(ebpf, "MMIO_EVENTS", Some("MMIO_CACHE"))?
         .into_iter()
         .map(|(k, count)| MmioRow {
             gpa: k.gpa,
@@ -259,7 +250,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let msr = counts::<MsrKey>(ebpf, "MSR_EVENTS", "MSR_CACHE")?
+    let msr = counts::<MsrKey>(ebpf, "MSR_EVENTS", Some("MSR_CACHE"))?
         .into_iter()
         .map(|(k, count)| MsrRow {
             index: k.index,
@@ -267,7 +258,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
             count,
         })
         .collect();
-    let hypercall = plain_counts::<u64>(ebpf, "HYPERCALL_EVENTS")?
+    let hypercall = counts::<u64>(ebpf, "HYPERCALL_EVENTS", None)?
         .into_iter()
         .map(|(nr, count)| HypercallRow { nr, count })
         .collect();
