@@ -274,23 +274,26 @@ fn has_program(name: &str) -> bool {
     loaded_programs().iter().any(|p| p["name"] == name)
 }
 
-/// bpftool's statistics of tracepoint programs named in `names`.
-fn bpftool_costs(programs: &[Value], tracer: &str, names: &[&str]) -> Vec<ProgramCost> {
+/// Mean cost per run of the programs in `programs` (kernel BPF
+/// statistics as bpftool, `runs_field` = `run_cnt`, or exitprof's
+/// `--cost`, `run_count`, list them) that ran and that `keep` names.
+fn program_costs(
+    programs: &[Value],
+    tracer: &str,
+    runs_field: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<ProgramCost> {
     programs
         .iter()
-        .filter(|p| names.iter().any(|n| p["name"] == *n))
         .filter_map(|p| {
-            let runs = p["run_cnt"].as_u64()?;
+            let name = p["name"].as_str()?;
+            let runs = p[runs_field].as_u64().filter(|&r| r > 0)?;
             let ns = p["run_time_ns"].as_u64()?;
             #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
-            let per = if runs == 0 {
-                0.0
-            } else {
-                ns as f64 / runs as f64
-            };
-            Some(ProgramCost {
+            let per = ns as f64 / runs as f64;
+            keep(name).then(|| ProgramCost {
                 tracer: tracer.to_owned(),
-                program: p["name"].as_str()?.to_owned(),
+                program: name.to_owned(),
                 runs,
                 ns_per_run: per,
             })
@@ -298,27 +301,17 @@ fn bpftool_costs(programs: &[Value], tracer: &str, names: &[&str]) -> Vec<Progra
         .collect()
 }
 
+/// bpftool's statistics of the programs named in `names`.
+fn bpftool_costs(programs: &[Value], tracer: &str, names: &[&str]) -> Vec<ProgramCost> {
+    program_costs(programs, tracer, "run_cnt", |n| names.contains(&n))
+}
+
 /// exitprof's own `--cost` figures from a snapshot.
 fn exitprof_costs(snapshot: &Value, tracer: &str) -> Vec<ProgramCost> {
-    snapshot["programs"]
+    let programs = snapshot["programs"]
         .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            let runs = p["run_count"].as_u64()?;
-            let ns = p["run_time_ns"].as_u64()?;
-            (runs > 0).then(|| {
-                #[expect(clippy::cast_precision_loss, reason = "a mean for display")]
-                let per = ns as f64 / runs as f64;
-                ProgramCost {
-                    tracer: tracer.to_owned(),
-                    program: p["name"].as_str().unwrap_or("?").to_owned(),
-                    runs,
-                    ns_per_run: per,
-                }
-            })
-        })
-        .collect()
+        .map_or(&[][..], Vec::as_slice);
+    program_costs(programs, tracer, "run_count", |_| true)
 }
 
 fn host(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
