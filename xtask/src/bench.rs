@@ -573,6 +573,7 @@ done
             timeout: Duration::from_secs(sizes.sandbox_timeout_s),
             modules: None,
             extra: BENCH_TOOLS,
+            cpus: 1,
         },
     )?;
     for mode in ["raw", "classic"] {

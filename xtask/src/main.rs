@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
                     timeout: std::time::Duration::from_secs(600),
                     modules: modules.as_deref(),
                     extra: if tools { sandbox::BENCH_TOOLS } else { &[] },
+                    cpus: 2,
                 },
             )?;
             print!("{}", std::fs::read_to_string(&results.log)?);

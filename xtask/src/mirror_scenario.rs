@@ -129,6 +129,7 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
             timeout: Duration::from_secs(300),
             modules: Some(modules),
             extra: &[],
+            cpus: 2,
         },
     )?;
     ensure!(

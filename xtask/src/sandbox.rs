@@ -203,6 +203,8 @@ pub struct Scenario<'a> {
     /// More host programs to carry (with their libraries): (host path,
     /// path in the sandbox).
     pub extra: &'a [(&'a str, &'a str)],
+    /// Virtual CPUs of the sandbox.
+    pub cpus: u8,
 }
 
 /// What a scenario reported.
@@ -380,8 +382,8 @@ fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result
         "-m",
         "1024",
         "-smp",
-        "2",
     ])
+    .arg(scenario.cpus.to_string())
     .arg("-kernel")
     .arg(&kernel.vmlinuz)
     .arg("-initrd")

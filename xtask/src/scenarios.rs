@@ -47,6 +47,7 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
             timeout: Duration::from_secs(240),
             modules: None,
             extra: &[],
+            cpus: 2,
         },
     )?;
     for line in results.all("top") {
@@ -147,6 +148,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
             timeout: Duration::from_secs(240),
             modules: None,
             extra: &[],
+            cpus: 2,
         },
     )?;
     ensure!(
@@ -343,6 +345,7 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             timeout: Duration::from_secs(240),
             modules: None,
             extra: &[],
+            cpus: 2,
         },
     )?;
     ensure!(
