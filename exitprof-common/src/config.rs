@@ -1,7 +1,7 @@
 //! The configuration the loader hands to the eBPF programs as one global
 //! (`CONFIG`): the process filter and the field offsets of every classic
 //! tracepoint record, read from tracefs at load time because they differ
-//! between kernels (see `shared/fixtures/tracefs`).
+//! between kernels (see `fixtures/tracefs` at the repository root).
 
 /// No process filter: every VM on the host is counted.
 pub const FILTER_ALL: u32 = 0;

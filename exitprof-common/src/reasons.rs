@@ -477,7 +477,7 @@ mod tests {
     /// of a fixture kernel's `kvm_exit` print format.
     fn print_fmt_names(kernel: &str) -> (BTreeMap<u32, String>, BTreeMap<u32, String>) {
         let path = format!(
-            "{}/../../shared/fixtures/tracefs/{kernel}.kvm_exit.format",
+            "{}/../fixtures/tracefs/{kernel}.kvm_exit.format",
             env!("CARGO_MANIFEST_DIR")
         );
         let text = fs::read_to_string(&path).unwrap();

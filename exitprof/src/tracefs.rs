@@ -1,5 +1,5 @@
 //! tracefs: mounting it when missing and parsing tracepoint `format` files.
-//! Field offsets differ between kernels (see `shared/fixtures/tracefs`), so
+//! Field offsets differ between kernels (see `fixtures/tracefs` at the repository root), so
 //! they are read at load time, never assumed.
 use std::{
     ffi::CString,
@@ -273,7 +273,7 @@ mod tests {
 
     fn fixture(kernel: &str, event: &str) -> Format {
         let path = format!(
-            "{}/../../shared/fixtures/tracefs/{kernel}.{event}.format",
+            "{}/../fixtures/tracefs/{kernel}.{event}.format",
             env!("CARGO_MANIFEST_DIR")
         );
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
