@@ -419,3 +419,109 @@ mod tests {
         assert_eq!(back, s);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+
+    /// A snapshot with every field of the `--json` contract set.
+    pub fn fixed() -> Snapshot {
+        let mut s = Snapshot::empty(Backend::Svm);
+        s.interval_ns = 2_000_000_000;
+        s.attach_mode = "mixed".into();
+        s.attach_note = "kvm_exit/kvm_entry classic: kvm_amd has no BTF".into();
+        s.guest_mirror = "registered".into();
+        let mut hist = vec![0; 31];
+        hist[10] = 2;
+        hist[11] = 1;
+        s.exits = vec![
+            ExitRow {
+                isa: "svm".into(),
+                reason: 0x72,
+                name: "cpuid".into(),
+                count: 3,
+                timed: 3,
+                total_ns: 4_000,
+                min_ns: 1_024,
+                max_ns: 2_000,
+                hist_log2_ns: hist,
+                ..ExitRow::default()
+            },
+            ExitRow {
+                isa: "svm".into(),
+                reason: 0x72,
+                name: "cpuid".into(),
+                pid: Some(4242),
+                vcpu: Some(0),
+                count: 3,
+                timed: 3,
+                total_ns: 4_000,
+                min_ns: 0,
+                max_ns: 2_000,
+                hist_log2_ns: vec![],
+            },
+        ];
+        s.events = Events {
+            cpuid: vec![CpuidRow {
+                leaf: 0x4fff_fffd,
+                subleaf: Some(0x72),
+                count: 3,
+            }],
+            pio: vec![PioRow {
+                port: 0xe9,
+                write: true,
+                size: 1,
+                count: 5,
+            }],
+            mmio: vec![MmioRow {
+                gpa: 0xd000_0000,
+                write: false,
+                count: 2,
+            }],
+            msr: vec![MsrRow {
+                index: 0x8b,
+                write: true,
+                count: 1,
+            }],
+            hypercall: vec![HypercallRow {
+                nr: 0x283,
+                count: 1,
+            }],
+            userspace_exit: vec![UserspaceExitRow {
+                reason: 2,
+                name: "IO".into(),
+                count: 5,
+                roundtrips: 5,
+                roundtrip_total_ns: 50_000,
+                roundtrip_max_ns: 20_000,
+            }],
+        };
+        s.dropped = 7;
+        s.programs = vec![ProgramCost {
+            name: "kvm_exit_raw".into(),
+            run_count: 3,
+            run_time_ns: 300,
+        }];
+        s
+    }
+
+    /// The example of README.md's "JSON" section: the contract, byte for
+    /// byte, as `stat --json` prints it.
+    fn readme_example() -> String {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("<!-- json-contract-example -->")
+            .expect("README.md marks its JSON example");
+        let block = &readme[start..];
+        let body = &block[block.find("```json\n").expect("a json block") + 8..];
+        body[..body.find("\n```").expect("the block ends")].to_owned()
+    }
+
+    #[test]
+    fn stat_json_is_the_readme_example_byte_for_byte() {
+        let printed = serde_json::to_string(&fixed()).unwrap();
+        assert_eq!(printed, readme_example());
+        let back: Snapshot = serde_json::from_str(&printed).unwrap();
+        assert_eq!(back, fixed());
+    }
+}
