@@ -24,8 +24,7 @@ use exitprof_common::{
 
 use crate::{
     sandbox::{self, Kernel},
-    setup::run,
-    tasks::workspace_root,
+    util::{download_deb, run, workspace_root},
 };
 
 /// The directory of the patch series against Linux 6.1.
@@ -245,10 +244,9 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         .strip_suffix("-amd64")
         .context("the sandbox kernel is not an amd64 flavour")?;
     let debs = kernel_dir().join("debs");
-    let source = sandbox::download_deb(&debs, "linux-source-6.1", version)?;
-    let headers =
-        sandbox::download_deb(&debs, &format!("linux-headers-{}", kernel.release), version)?;
-    let common = sandbox::download_deb(&debs, &format!("linux-headers-{flavour}-common"), version)?;
+    let source = download_deb(&debs, "linux-source-6.1", version)?;
+    let headers = download_deb(&debs, &format!("linux-headers-{}", kernel.release), version)?;
+    let common = download_deb(&debs, &format!("linux-headers-{flavour}-common"), version)?;
 
     let work = kernel_dir().join("build");
     let _ = fs::remove_dir_all(&work);

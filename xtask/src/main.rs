@@ -10,11 +10,10 @@
 
 mod bench;
 mod kernel;
-mod mirror_scenario;
 mod sandbox;
 mod scenarios;
-mod setup;
 mod tasks;
+mod util;
 
 use clap::{Parser, Subcommand};
 
@@ -33,9 +32,9 @@ enum Task {
     /// Build and run the main job (exitprof top) on the built-in workload VM.
     Demo(tasks::DemoArgs),
     /// Run every test: unit, root integration, nested sandbox.
-    Test(sandbox::E2eArgs),
+    Test(tasks::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
-    E2e(sandbox::E2eArgs),
+    E2e(tasks::E2eArgs),
     /// Apply kernel-patch/ to Debian's linux-source-6.1 and build the
     /// patched kvm, kvm-amd and kvm-intel modules for the sandbox kernel
     /// (cached under target/kernel).
@@ -64,28 +63,31 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::Setup => setup::setup(),
+        Task::Setup => tasks::setup::setup(),
         Task::Demo(args) => tasks::demo(&args),
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
-            setup::setup()?;
-            sandbox::e2e(&args).map(|_| ())
+            tasks::setup::setup()?;
+            tasks::e2e(&args).map(|_| ())
         }
         Task::Kernel => {
-            setup::setup()?;
+            tasks::setup::setup()?;
             kernel::kernel()
         }
         Task::KernelHeader => kernel::write_header_patch(),
-        Task::Bench(args) => bench::bench(&args),
+        Task::Bench(args) => {
+            tasks::setup::setup()?;
+            bench::bench(&args)
+        }
         Task::Sandbox {
             script,
             shadow,
             patched,
             tools,
         } => {
-            setup::setup()?;
+            tasks::setup::setup()?;
             let kernel = sandbox::fetch_kernel()?;
-            let exitprof = tasks::build_release()?;
+            let exitprof = util::build_release()?;
             let modules = if patched {
                 Some(kernel::build(&kernel)?)
             } else {

@@ -1,11 +1,10 @@
 //! `cargo xtask setup`: installs exactly what a fresh machine lacks, one
 //! printed step at a time. Idempotent: a second run checks and does nothing.
-use std::{
-    process::{Command, Stdio},
-    time::Instant,
-};
+use std::{process::Command, time::Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+use crate::util::{output, run};
 
 /// Debian packages the project needs, and why.
 const PACKAGES: &[(&str, &str)] = &[
@@ -63,25 +62,6 @@ pub fn setup() -> anyhow::Result<()> {
     ensure_bpf_linker()?;
     println!("[setup] ready ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Runs `cmd`, failing with its name when it cannot start or fails.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("failed to run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
-/// Stdout of `cmd`, or `None` when it cannot run or fails.
-pub fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn installed(package: &str) -> bool {

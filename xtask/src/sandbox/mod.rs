@@ -7,7 +7,6 @@
 //!
 //! Downloads and builds are cached under `target/sandbox/`.
 use std::{
-    collections::BTreeMap,
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -17,19 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::{
-    scenarios,
-    setup::{output, run},
-    tasks::workspace_root,
-};
-
-/// Arguments of `cargo xtask e2e`.
-#[derive(clap::Args, Default)]
-pub struct E2eArgs {
-    /// Run only the scenarios whose name contains this.
-    #[arg(long)]
-    pub only: Option<String>,
-}
+use crate::util::{download_deb, output, run, workspace_root};
 
 /// The Debian kernel the sandbox boots.
 pub struct Kernel {
@@ -131,37 +118,6 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
         vmlinuz,
         modules,
     })
-}
-
-/// Downloads Debian package `package=version` into `debs` (kept there as
-/// a cache) and returns the `.deb`.
-pub fn download_deb(debs: &Path, package: &str, version: &str) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(debs)?;
-    let find = || {
-        fs::read_dir(debs).ok().and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-            })
-        })
-    };
-    if let Some(deb) = find() {
-        return Ok(deb);
-    }
-    println!("[download] {package} {version}");
-    let download = || {
-        run(Command::new("apt-get")
-            .args(["download", &format!("{package}={version}")])
-            .current_dir(debs))
-    };
-    if download().is_err() {
-        // Lists older than the mirror name files it no longer has.
-        println!("[download] failed; refreshing package lists and retrying");
-        run(Command::new("apt-get").arg("update"))?;
-        download()?;
-    }
-    find().context("apt-get download left no .deb")
 }
 
 /// `kvm-amd` and the modules it needs (their `depends=`).
@@ -449,13 +405,3 @@ fn tail(log: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
-
-/// `cargo xtask e2e`: every scenario; returns how many passed.
-pub fn e2e(args: &E2eArgs) -> anyhow::Result<u64> {
-    let kernel = fetch_kernel()?;
-    let exitprof = crate::tasks::build_release()?;
-    scenarios::run_all(&kernel, &exitprof, args.only.as_deref())
-}
-
-/// Counts of `name count` pairs, for comparisons.
-pub type Counts = BTreeMap<String, u64>;
