@@ -104,52 +104,6 @@ pub struct PendingExit {
     pub vcpu: u32,
 }
 
-/// Key of `CPUID_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CpuidKey {
-    /// eax on entry.
-    pub leaf: u32,
-    /// ecx on entry.
-    pub subleaf: u32,
-}
-
-/// Key of `PIO_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PioKey {
-    /// I/O port.
-    pub port: u16,
-    /// 1 for `out`, 0 for `in`.
-    pub write: u8,
-    /// Access size in bytes (1, 2, 4).
-    pub size: u8,
-    /// Always 0 (keeps the key 8 bytes, like the other event keys).
-    pub _pad: u32,
-}
-
-/// Key of `MMIO_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MmioKey {
-    /// Guest physical address.
-    pub gpa: u64,
-    /// 1 for a write, 0 for a (satisfied) read.
-    pub write: u32,
-    /// Always 0.
-    pub _pad: u32,
-}
-
-/// Key of `MSR_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MsrKey {
-    /// MSR index (ecx).
-    pub index: u32,
-    /// 1 for `wrmsr`, 0 for `rdmsr`.
-    pub write: u32,
-}
-
 /// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
 pub const EVENT_CACHE_WAYS: u32 = 4;
 
@@ -239,18 +193,14 @@ pub fn log2_bucket(d: u64) -> usize {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        BreakdownKey, BreakdownStats, CpuidKey, ExitStats, MmioKey, MsrKey, PendingExit,
-        PendingUserspaceExit, PioKey, UserspaceExitStats,
+        BreakdownKey, BreakdownStats, ExitStats, PendingExit, PendingUserspaceExit,
+        UserspaceExitStats,
     };
     // SAFETY: all of these are `repr(C)` integers with explicit padding.
     unsafe impl aya::Pod for ExitStats {}
     unsafe impl aya::Pod for BreakdownKey {}
     unsafe impl aya::Pod for BreakdownStats {}
     unsafe impl aya::Pod for PendingExit {}
-    unsafe impl aya::Pod for CpuidKey {}
-    unsafe impl aya::Pod for PioKey {}
-    unsafe impl aya::Pod for MmioKey {}
-    unsafe impl aya::Pod for MsrKey {}
     unsafe impl aya::Pod for UserspaceExitStats {}
     unsafe impl aya::Pod for PendingUserspaceExit {}
     // SAFETY: a u64 and a key that is a multiple of 8 bytes (checked in
@@ -277,6 +227,7 @@ mod tests {
 
     #[test]
     fn keys_have_no_implicit_padding() {
+        use crate::events::{CpuidKey, MmioKey, MsrKey, PioKey};
         assert_eq!(core::mem::size_of::<PioKey>(), 8);
         assert_eq!(core::mem::size_of::<CachedCount<PioKey>>(), 16);
         assert_eq!(core::mem::size_of::<CachedCount<CpuidKey>>(), 16);

@@ -1,25 +1,17 @@
 //! exitprof: why and how long KVM guests leave the guest.
 //!
 //! Data flows one way: tracepoint → eBPF program → per-CPU map → readout
-//! (`readout.rs`, one [`snapshot::Snapshot`]) → presenters.
+//! (`bpf/`, one [`model::Snapshot`]) → presenters (`present/`, `tui/`).
+//! ARCHITECTURE.md has the codemap and which folder may import which.
 
-mod backend;
-mod batch;
-mod btf;
+mod bpf;
 mod cli;
+mod commands;
 mod guest;
-mod loader;
-mod mirror;
-mod paging;
+mod host;
+mod model;
 mod present;
-mod readout;
-mod record;
-mod recording;
-mod report;
-mod signals;
-mod snapshot;
-mod stat;
-mod tracefs;
+mod session;
 mod tui;
 mod workload;
 
@@ -51,30 +43,23 @@ struct Cli {
 enum Command {
     /// Count exits while COMMAND runs (or for a duration, or until
     /// Ctrl-C), then print a report.
-    Stat(stat::StatArgs),
+    Stat(commands::stat::StatArgs),
     /// Record a workload under nested and/or shadow paging into a file.
-    Record(record::RecordArgs),
+    Record(commands::record::RecordArgs),
     /// Show a recording: tables, the paging comparison, CSV, JSON, SVG.
-    Report(report::ReportArgs),
+    Report(commands::report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
-    Top(tui::TopArgs),
+    Top(commands::top::TopArgs),
     /// Inside a VM: read the hypervisor's exit statistics from the CPUID
     /// leaves of a KVM with exitprof's patch.
-    Guest(guest::GuestArgs),
+    Guest(commands::guest::GuestArgs),
     /// Time snapshots of a per-vCPU map filled with KEYS synthetic keys
     /// (for `cargo xtask bench`).
     #[command(hide = true)]
-    BenchReadout {
-        /// Keys in the per-vCPU map.
-        #[arg(long)]
-        keys: u32,
-        /// Snapshots to time.
-        #[arg(long, default_value_t = 20)]
-        repeat: u32,
-    },
+    BenchReadout(commands::bench_readout::BenchReadoutArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
-    Vm(workload::VmArgs),
+    Vm(commands::vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,13 +83,13 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Stat(args) => stat::main(&args),
-        Command::Record(args) => record::main(&args),
-        Command::Report(args) => report::main(&args),
-        Command::Top(args) => tui::main(&args),
-        Command::Guest(args) => guest::main(&args),
-        Command::BenchReadout { keys, repeat } => bench_readout(keys, repeat),
-        Command::Vm(args) => workload::main(&args),
+        Command::Stat(args) => commands::stat::main(&args),
+        Command::Record(args) => commands::record::main(&args),
+        Command::Report(args) => commands::report::main(&args),
+        Command::Top(args) => commands::top::main(&args),
+        Command::Guest(args) => commands::guest::main(&args),
+        Command::BenchReadout(args) => commands::bench_readout::main(&args),
+        Command::Vm(args) => commands::vm::main(&args),
     };
     match result {
         Ok(code) => code,
@@ -113,32 +98,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `exitprof bench-readout`: one JSON line with the snapshot times.
-fn bench_readout(keys: u32, repeat: u32) -> anyhow::Result<ExitCode> {
-    let mut profiler = loader::Profiler::start(&loader::Options {
-        filter: loader::Filter::All,
-        breakdown: true,
-        map_entries: None,
-        cost: false,
-        attach: loader::AttachMode::Auto,
-    })?;
-    profiler.fill_breakdown_for_load_test(keys)?;
-    let mut times = Vec::new();
-    for _ in 0..repeat.max(1) {
-        let started = std::time::Instant::now();
-        let snapshot = profiler.snapshot()?;
-        times.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        anyhow::ensure!(
-            snapshot.exits.iter().filter(|r| r.pid.is_some()).count() >= keys as usize,
-            "the snapshot lost keys"
-        );
-    }
-    times.sort_unstable();
-    println!(
-        "{}",
-        serde_json::json!({"keys": keys, "min_ns": times[0], "median_ns": times[times.len() / 2]})
-    );
-    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, ptr::NonNull};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
+use crate::session::signals;
+
 use super::{
     WorkloadError,
     guest::{
@@ -185,7 +187,7 @@ impl Machine {
             let exit = match self.vcpu.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
-                    if crate::signals::received().is_some() {
+                    if signals::received().is_some() {
                         return Ok(false);
                     }
                     continue;
@@ -214,7 +216,7 @@ impl Machine {
                 VcpuExit::MmioWrite(..) => "MMIO",
                 VcpuExit::Hlt => "HLT",
                 VcpuExit::Intr => {
-                    if crate::signals::received().is_some() {
+                    if signals::received().is_some() {
                         return Ok(false);
                     }
                     "INTR"

@@ -1,111 +1,28 @@
-//! Readout: every map summed over CPUs into one [`Snapshot`]. The only code
-//! besides the loader that touches maps; presenters read snapshots.
+//! Readout: every map summed over CPUs into one [`Snapshot`]; presenters
+//! read snapshots, never maps.
 use std::collections::BTreeMap;
 
-use aya::{
-    Ebpf, Pod,
-    maps::{MapError, PerCpuArray, PerCpuHashMap},
-};
+use aya::{Ebpf, Pod};
 use exitprof_common::{
-    maps::{
-        BreakdownKey, BreakdownStats, CachedCount, CpuidKey, ExitStats, MmioKey, MsrKey, PioKey,
-        UserspaceExitStats,
-    },
+    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, UserspaceExitStats},
     reasons::{self, Isa, SLOT_VMX_OTHER},
     userspace_exit,
 };
 
-use crate::{
-    backend::Backend,
-    loader::{LoadError, map_ref, syscall_error},
-    snapshot::{
-        CpuidRow, Events, ExitRow, HypercallRow, MmioRow, MsrRow, PioRow, Snapshot,
-        UserspaceExitRow,
-    },
+use super::{
+    LoadError,
+    maps::{array_entries, hash_entries},
 };
-
-/// Every `(key, per-CPU values)` of a per-CPU map.
-type Entries<K, V> = Vec<(K, Vec<V>)>;
+use crate::model::{
+    Backend, Events, ExitRow, Snapshot,
+    events::{EventKind, EventReader, UserspaceExitRow},
+};
 
 /// Code reported for the "other" slots, whose raw code the array does not
 /// keep: VMX (basic reasons are 16 bits, so this is no real code) ...
 pub const OTHER_VMX_CODE: u32 = u32::MAX;
 /// ... and SVM.
 pub const OTHER_SVM_CODE: u32 = u32::MAX - 1;
-
-fn err(map: &'static str) -> impl Fn(MapError) -> LoadError {
-    move |source| LoadError::Map {
-        map,
-        source: Box::new(source),
-    }
-}
-
-/// Whether an error means "this kernel cannot batch this map".
-fn cannot_batch(e: &std::io::Error) -> bool {
-    // ENOTSUPP (524) is the kernel-internal code bpf() returns for it.
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
-    )
-}
-
-/// The fd of map `name` and the number of possible CPUs.
-fn fd_and_cpus(ebpf: &Ebpf, name: &'static str) -> Result<(std::os::fd::RawFd, usize), LoadError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let map = ebpf.map(name).ok_or_else(|| LoadError::Map {
-        map: name,
-        source: Box::new(MapError::InvalidName { name: name.into() }),
-    })?;
-    let data = match map {
-        aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
-        _ => return Err(err(name)(MapError::InvalidMapType { map_type: 0 })),
-    };
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| syscall_error(name, "nr_cpus", e))?;
-    Ok((data.fd().as_fd().as_raw_fd(), cpus))
-}
-
-/// Every `(key, per-CPU values)` of per-CPU map `name` in a few batched
-/// syscalls; `None` when this kernel cannot batch the map (then iterate).
-fn batched<K: Copy, V: Copy>(
-    ebpf: &Ebpf,
-    name: &'static str,
-) -> Result<Option<Entries<K, V>>, LoadError> {
-    let (fd, cpus) = fd_and_cpus(ebpf, name)?;
-    match crate::batch::lookup_all::<K, V>(fd, cpus) {
-        Ok(entries) => Ok(Some(entries)),
-        Err(e) if cannot_batch(&e) => Ok(None),
-        Err(e) => Err(syscall_error(name, "bpf_map_lookup_batch", e)),
-    }
-}
-
-/// Every `(key, per-CPU values)` of per-CPU hash map `name`.
-fn hash_entries<K: Pod + Copy, V: Pod + Copy>(
-    ebpf: &Ebpf,
-    name: &'static str,
-) -> Result<Entries<K, V>, LoadError> {
-    if let Some(entries) = batched(ebpf, name)? {
-        return Ok(entries);
-    }
-    let map: PerCpuHashMap<_, K, V> = map_ref(ebpf, name)?;
-    map.iter()
-        .map(|item| {
-            let (k, v) = item.map_err(err(name))?;
-            Ok((k, v.iter().copied().collect()))
-        })
-        .collect()
-}
-
-/// Per-CPU values of every slot of per-CPU array `name`, in slot order.
-fn array_entries<V: Pod + Copy>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<V>>, LoadError> {
-    if let Some(mut entries) = batched::<u32, V>(ebpf, name)? {
-        entries.sort_by_key(|e| e.0);
-        return Ok(entries.into_iter().map(|e| e.1).collect());
-    }
-    let map: PerCpuArray<_, V> = map_ref(ebpf, name)?;
-    (0..map.len())
-        .map(|i| Ok(map.get(&i, 0).map_err(err(name))?.iter().copied().collect()))
-        .collect()
-}
 
 /// Reads every map.
 ///
@@ -176,7 +93,7 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
         None => (Isa::Svm, OTHER_SVM_CODE, "other"),
     };
     ExitRow {
-        isa: isa.name().to_owned(),
+        isa,
         reason,
         name: name.to_owned(),
         pid: who.map(|w| w.0),
@@ -195,7 +112,7 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
 /// The cache is read first: per (CPU, key) the larger of cache and map is
 /// the count, which never goes backwards while events arrive (see
 /// `CachedCount`).
-fn counts<K: Pod + Copy + Ord>(
+fn counts<K: Pod + Ord>(
     ebpf: &Ebpf,
     name: &'static str,
     cache: Option<&'static str>,
@@ -224,44 +141,22 @@ fn counts<K: Pod + Copy + Ord>(
         .collect())
 }
 
+/// Reads each handler-event kind of the table from its maps.
+struct Reader<'a>(&'a Ebpf);
+
+impl EventReader for Reader<'_> {
+    type Error = LoadError;
+
+    fn read<K: EventKind>(&mut self) -> Result<Vec<K>, LoadError> {
+        let source = K::SOURCE;
+        Ok(counts::<K::Key>(self.0, source.map, source.cache)?
+            .iter()
+            .map(|(key, count)| K::from_key(key, *count))
+            .collect())
+    }
+}
+
 fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
-    let cpuid = counts::<CpuidKey>(ebpf, "CPUID_EVENTS", Some("CPUID_CACHE"))?
-        .into_iter()
-        .map(|(k, count)| CpuidRow {
-            leaf: k.leaf,
-            subleaf: Some(k.subleaf),
-            count,
-        })
-        .collect();
-    let pio = counts::<PioKey>(ebpf, "PIO_EVENTS", Some("PIO_CACHE"))?
-        .into_iter()
-        .map(|(k, count)| PioRow {
-            port: k.port,
-            write: k.write != 0,
-            size: k.size,
-            count,
-        })
-        .collect();
-    let mmio = counts::<MmioKey>(ebpf, "MMIO_EVENTS", Some("MMIO_CACHE"))?
-        .into_iter()
-        .map(|(k, count)| MmioRow {
-            gpa: k.gpa,
-            write: k.write != 0,
-            count,
-        })
-        .collect();
-    let msr = counts::<MsrKey>(ebpf, "MSR_EVENTS", Some("MSR_CACHE"))?
-        .into_iter()
-        .map(|(k, count)| MsrRow {
-            index: k.index,
-            write: k.write != 0,
-            count,
-        })
-        .collect();
-    let hypercall = counts::<u64>(ebpf, "HYPERCALL_EVENTS", None)?
-        .into_iter()
-        .map(|(nr, count)| HypercallRow { nr, count })
-        .collect();
     let mut userspace_exit = Vec::new();
     for (slot, per_cpu) in array_entries::<UserspaceExitStats>(ebpf, "USERSPACE_EXITS")?
         .iter()
@@ -285,14 +180,7 @@ fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
         userspace_exit.push(row);
     }
     userspace_exit.sort_by_key(|r| r.reason);
-    Ok(Events {
-        cpuid,
-        pio,
-        mmio,
-        msr,
-        hypercall,
-        userspace_exit,
-    })
+    Events::read(&mut Reader(ebpf), userspace_exit)
 }
 
 /// `IO`, `HLT`, ..., or `restart (EINTR)` / `error (errno N)`.

@@ -8,22 +8,22 @@ use std::{fs, path::Path};
 
 const MAGIC: u16 = 0xeb9f;
 
-const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
-const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_VOLATILE: u32 = 9;
-const KIND_CONST: u32 = 10;
-const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC_PROTO: u32 = 13;
-const KIND_VAR: u32 = 14;
-const KIND_DATASEC: u32 = 15;
-const KIND_DECL_TAG: u32 = 17;
-const KIND_TYPE_TAG: u32 = 18;
-const KIND_ENUM64: u32 = 19;
+pub(crate) const KIND_INT: u32 = 1;
+pub(crate) const KIND_PTR: u32 = 2;
+pub(crate) const KIND_ARRAY: u32 = 3;
+pub(crate) const KIND_STRUCT: u32 = 4;
+pub(crate) const KIND_UNION: u32 = 5;
+pub(crate) const KIND_ENUM: u32 = 6;
+pub(crate) const KIND_TYPEDEF: u32 = 8;
+pub(crate) const KIND_VOLATILE: u32 = 9;
+pub(crate) const KIND_CONST: u32 = 10;
+pub(crate) const KIND_RESTRICT: u32 = 11;
+pub(crate) const KIND_FUNC_PROTO: u32 = 13;
+pub(crate) const KIND_VAR: u32 = 14;
+pub(crate) const KIND_DATASEC: u32 = 15;
+pub(crate) const KIND_DECL_TAG: u32 = 17;
+pub(crate) const KIND_TYPE_TAG: u32 = 18;
+pub(crate) const KIND_ENUM64: u32 = 19;
 
 /// Errors reading BTF.
 #[derive(Debug, thiserror::Error)]
@@ -358,49 +358,84 @@ impl Btf<'_> {
     }
 }
 
+/// Synthetic BTF for tests (here and in the attach plan's).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::MAGIC;
+    pub(crate) use super::{KIND_FUNC_PROTO, KIND_INT, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF};
 
-    /// Builds a BTF blob from (kind, name, vlen, size_or_type, trailing).
-    struct Builder {
-        types: Vec<u8>,
-        strings: Vec<u8>,
+    /// Builds a BTF blob type by type; a split blob continues a base's
+    /// string offsets (`first_str`).
+    pub(crate) struct Builder {
+        pub(crate) types: Vec<u8>,
+        pub(crate) strings: Vec<u8>,
+        first_str: u32,
+        count: u32,
     }
 
     impl Builder {
-        fn new() -> Self {
+        /// A base blob (vmlinux): type ids from 1.
+        pub(crate) fn new() -> Self {
             Self {
                 types: Vec::new(),
                 strings: vec![0],
+                first_str: 0,
+                count: 0,
             }
         }
-        fn s(&mut self, name: &str) -> u32 {
+
+        /// A split blob on top of `base`.
+        pub(crate) fn split(base: &Self) -> Self {
+            Self {
+                types: Vec::new(),
+                strings: Vec::new(),
+                first_str: u32::try_from(base.strings.len()).unwrap(),
+                count: 0,
+            }
+        }
+
+        /// The string offset of `name` (0 for none).
+        pub(crate) fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.first_str + u32::try_from(self.strings.len()).unwrap();
             self.strings.extend(name.as_bytes());
             self.strings.push(0);
             off
         }
-        fn ty(&mut self, kind: u32, name: &str, vlen: u32, size_or_type: u32, extra: &[u32]) {
+
+        /// Adds a type; returns its index in this blob (0-based).
+        pub(crate) fn ty(
+            &mut self,
+            kind: u32,
+            name: &str,
+            vlen: u32,
+            size_or_type: u32,
+            extra: &[u32],
+        ) -> u32 {
             let n = self.s(name);
             for v in [n, kind << 24 | vlen, size_or_type].iter().chain(extra) {
                 self.types.extend(v.to_le_bytes());
             }
+            self.count += 1;
+            self.count - 1
         }
-        fn bytes(&self) -> Vec<u8> {
+
+        /// Types so far.
+        pub(crate) fn len(&self) -> u32 {
+            self.count
+        }
+
+        pub(crate) fn bytes(&self) -> Vec<u8> {
             let mut b = Vec::new();
             b.extend(MAGIC.to_le_bytes());
             b.extend([1, 0]);
-            for v in [
-                24u32,
-                0,
-                self.types.len() as u32,
-                self.types.len() as u32,
-                self.strings.len() as u32,
-            ] {
+            let (types, strings) = (
+                u32::try_from(self.types.len()).unwrap(),
+                u32::try_from(self.strings.len()).unwrap(),
+            );
+            for v in [24u32, 0, types, types, strings] {
                 b.extend(v.to_le_bytes());
             }
             b.extend(&self.types);
@@ -408,11 +443,21 @@ mod tests {
             b
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testing::Builder;
 
     /// 1 int, 2 struct kvm_vcpu {int pad; int vcpu_id}, 3 ptr->2,
     /// 4 proto(void*, kvm_vcpu*, u32), 5 ptr->4, 6 typedef btf_trace_kvm_exit,
     /// 7 u32 typedef -> 1, 8 void ptr
     fn sample() -> Vec<u8> {
+        sample_builder().bytes()
+    }
+
+    fn sample_builder() -> Builder {
         let mut b = Builder::new();
         b.ty(KIND_INT, "int", 0, 4, &[32]);
         let pad = b.s("pad");
@@ -424,7 +469,7 @@ mod tests {
         b.ty(KIND_TYPEDEF, "btf_trace_kvm_exit", 0, 5, &[]);
         b.ty(KIND_TYPEDEF, "u32", 0, 1, &[]);
         b.ty(KIND_PTR, "", 0, 0, &[]);
-        b.bytes()
+        b
     }
 
     #[test]
@@ -448,21 +493,12 @@ mod tests {
         // Module: 9 union {int exit_code}, 10 struct vmcb_control_area
         // {int x; union {...}} — ids and strings continue the base.
         let base = Blob::parse(sample(), 1, 0, "base").unwrap();
-        let mut m = Builder::new();
-        m.strings = Vec::new();
+        let mut m = Builder::split(&sample_builder());
         let first_str = base.next_str();
-        let exit_code = m.s("exit_code") + first_str;
-        let x = m.s("x") + first_str;
-        let union_name = m.s("u") + first_str;
-        let area = m.s("vmcb_control_area") + first_str;
-        for (kind, name, vlen, size, extra) in [
-            (KIND_UNION, union_name, 1, 4, vec![exit_code, 1, 0]),
-            (KIND_STRUCT, area, 2, 8, vec![x, 1, 0, 0, 9, 32]),
-        ] {
-            for v in [name, kind << 24 | vlen, size].iter().chain(&extra) {
-                m.types.extend(v.to_le_bytes());
-            }
-        }
+        let exit_code = m.s("exit_code");
+        let x = m.s("x");
+        m.ty(KIND_UNION, "u", 1, 4, &[exit_code, 1, 0]);
+        m.ty(KIND_STRUCT, "vmcb_control_area", 2, 8, &[x, 1, 0, 0, 9, 32]);
         let module = Blob::parse(m.bytes(), base.next_id(), first_str, "kvm_amd").unwrap();
         assert_eq!(module.first_id, 9);
         let btf = Btf {

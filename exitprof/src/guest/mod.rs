@@ -1,13 +1,11 @@
-//! `exitprof guest`: inside a VM, reads the exit statistics of its own
-//! hypervisor from the CPUID leaves of a KVM carrying `kernel-patch/`
-//! (ABI: `exitprof_common::guest_abi`), and prints them like
-//! `perf kvm stat report`.
+//! The guest's side of the CPUID mirror: inside a VM, reads the exit
+//! statistics of its own hypervisor from the CPUID leaves of a KVM
+//! carrying `kernel-patch/` (ABI: `exitprof_common::guest_abi`), through
+//! a [`CpuidSource`] so that tests can answer for the CPU.
 //!
 //! It reads the discovery leaf first and refuses, in one line, on bare
 //! metal, on a hypervisor without the patch and while no exitprof is
 //! registered on the host: it never shows zeros that are not data.
-use std::{fmt::Write as _, process::ExitCode};
-
 use exitprof_common::{
     Isa,
     guest_abi::{
@@ -18,28 +16,6 @@ use exitprof_common::{
     reasons,
 };
 use serde::Serialize;
-
-use crate::present::percent;
-
-/// Arguments of `exitprof guest`.
-#[derive(clap::Args, Debug)]
-#[command(after_help = "\
-Runs inside a virtual machine whose host runs a KVM with exitprof's patch
-(kernel-patch/) and `sudo exitprof stat` or `top`. Exit counts are the low
-32 bits of the host's counters; cycles are host TSC cycles. Every query is
-itself a CPUID exit, so the CPUID row includes this command's own queries.
-
-Examples:
-  exitprof guest
-  exitprof guest --all --json")]
-pub struct GuestArgs {
-    /// Also list reasons with no exits.
-    #[arg(long)]
-    pub all: bool,
-    /// One JSON object instead of the table.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Executes CPUID.
 pub trait CpuidSource {
@@ -239,62 +215,6 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
     })
 }
 
-/// The table, like `perf kvm stat report`.
-#[must_use]
-pub fn render(report: &GuestReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "exitprof guest: hypervisor isa {}, exitprof ABI {}, host TSC {} kHz",
-        report.isa, report.abi_version, report.tsc_khz
-    );
-    let _ = writeln!(
-        out,
-        "total: {} exits, {} cycles in exits",
-        report.total_exits, report.total_cycles
-    );
-    out.push('\n');
-    let _ = writeln!(
-        out,
-        "{:>10}  {:<24} {:>10} {:>8} {:>14} {:>8} {:>10}",
-        "REASON", "NAME", "EXITS", "EXITS%", "CYCLES", "CYCLES%", "AVG CYC"
-    );
-    for r in &report.reasons {
-        let _ = writeln!(
-            out,
-            "{:>10}  {:<24} {:>10} {:>8} {:>14} {:>8} {:>10}",
-            format!("{:#x}", r.reason),
-            r.name,
-            r.exits,
-            percent(u64::from(r.exits), u64::from(report.total_exits)),
-            r.cycles,
-            percent(r.cycles, report.total_cycles),
-            r.cycles.checked_div(u64::from(r.exits)).unwrap_or(0)
-        );
-    }
-    out.push('\n');
-    let _ = writeln!(
-        out,
-        "note: this report took {} CPUID exits, counted in its CPUID row",
-        report.queries
-    );
-    out
-}
-
-/// `exitprof guest`.
-///
-/// # Errors
-/// When the statistics cannot be read (one line, see [`GuestError`]).
-pub fn main(args: &GuestArgs) -> anyhow::Result<ExitCode> {
-    let report = query(&mut Native, args.all)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -302,6 +222,7 @@ mod tests {
     use exitprof_common::guest_abi::{EDX_INACTIVE, FLAG_ACTIVE};
 
     use super::*;
+    use crate::present::guest::render;
 
     /// Answers from a table; anything not in it returns zeros.
     #[derive(Default)]

@@ -1,21 +1,22 @@
-//! The readout model: one snapshot type, summed over CPUs, that every
-//! presenter (table, JSON, TUI, record, CPUID mirror) reads. Field names are
-//! the `--json` contract of DESIGN.md: add fields, never rename.
+//! One snapshot of every counter, summed over CPUs: what every presenter
+//! (table, JSON, TUI, record, exporter) reads. Field names are the
+//! `--json` contract of README.md: add fields, never rename.
+use exitprof_common::Isa;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use super::events::Events;
+use super::{Attached, Backend, MirrorState, isa_name};
 
 /// One snapshot of every counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// "vmx", "svm", "pvm" or "unknown".
-    pub backend: String,
+    /// The host's KVM backend.
+    pub backend: Backend,
     /// Time the counters cover.
     pub interval_ns: u64,
-    /// How the KVM programs are attached: "raw" (raw tracepoints, offsets
-    /// from BTF), "classic" (tracepoints, offsets from tracefs) or "mixed".
+    /// How the KVM programs are attached.
     #[serde(default)]
-    pub attach_mode: String,
+    pub attach_mode: Attached,
     /// Why programs are classic, when any are ("" when all are raw).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub attach_note: String,
@@ -31,10 +32,10 @@ pub struct Snapshot {
     pub events: Events,
     /// Events lost to full maps.
     pub dropped: u64,
-    /// The guest CPUID mirror of a patched KVM: "registered", "unpatched",
-    /// "busy" or "failed" (absent in recordings older than the mirror).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub guest_mirror: String,
+    /// The guest CPUID mirror of a patched KVM (absent in recordings older
+    /// than the mirror).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mirror: Option<MirrorState>,
     /// exitprof's own cost per program (with `--cost`; kernel BPF stats).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramCost>,
@@ -60,10 +61,11 @@ impl ProgramCost {
 }
 
 /// One exit reason's statistics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRow {
-    /// "vmx" or "svm".
-    pub isa: String,
+    /// The isa whose table names `reason`.
+    #[serde(with = "isa_name")]
+    pub isa: Isa,
     /// Raw hardware code (VMX basic reason, SVM exit code).
     pub reason: u32,
     /// Name as the kernel prints it.
@@ -89,6 +91,24 @@ pub struct ExitRow {
     pub hist_log2_ns: Vec<u64>,
 }
 
+impl Default for ExitRow {
+    fn default() -> Self {
+        Self {
+            isa: Isa::Vmx,
+            reason: 0,
+            name: String::new(),
+            pid: None,
+            vcpu: None,
+            count: 0,
+            timed: 0,
+            total_ns: 0,
+            min_ns: 0,
+            max_ns: 0,
+            hist_log2_ns: Vec::new(),
+        }
+    }
+}
+
 impl ExitRow {
     /// Mean duration of the timed exits.
     #[must_use]
@@ -97,105 +117,13 @@ impl ExitRow {
     }
 }
 
-/// Exit-handler events, as KVM's handlers traced them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Events {
-    /// CPUID by leaf and subleaf.
-    pub cpuid: Vec<CpuidRow>,
-    /// Port I/O by port, direction and size.
-    pub pio: Vec<PioRow>,
-    /// MMIO by guest physical address and direction.
-    pub mmio: Vec<MmioRow>,
-    /// MSR accesses by index and direction.
-    pub msr: Vec<MsrRow>,
-    /// Hypercalls by number.
-    pub hypercall: Vec<HypercallRow>,
-    /// Returns of `KVM_RUN` to the VMM by reason, with the round trip.
-    pub userspace_exit: Vec<UserspaceExitRow>,
-}
-
-/// CPUID events of one leaf/subleaf.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CpuidRow {
-    /// eax.
-    pub leaf: u32,
-    /// ecx.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subleaf: Option<u32>,
-    /// Events.
-    pub count: u64,
-}
-
-/// Port I/O events of one port, direction and size.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PioRow {
-    /// Port.
-    pub port: u16,
-    /// `out` (true) or `in`.
-    pub write: bool,
-    /// Bytes.
-    pub size: u8,
-    /// Events.
-    pub count: u64,
-}
-
-/// MMIO events of one address and direction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmioRow {
-    /// Guest physical address.
-    pub gpa: u64,
-    /// Write (true) or read.
-    pub write: bool,
-    /// Events.
-    pub count: u64,
-}
-
-/// MSR events of one index and direction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MsrRow {
-    /// MSR index.
-    pub index: u32,
-    /// `wrmsr` (true) or `rdmsr`.
-    pub write: bool,
-    /// Events.
-    pub count: u64,
-}
-
-/// Hypercalls of one number.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HypercallRow {
-    /// Hypercall number (rax).
-    pub nr: u64,
-    /// Events.
-    pub count: u64,
-}
-
-/// Userspace exits of one reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserspaceExitRow {
-    /// `KVM_EXIT_*`, or `0x10000 + errno` for an error return.
-    pub reason: u32,
-    /// `IO`, `MMIO`, `HLT`, ..., `restart (EINTR)`.
-    pub name: String,
-    /// Returns to user space.
-    pub count: u64,
-    /// Round trips closed by the next `KVM_RUN`.
-    #[serde(default)]
-    pub roundtrips: u64,
-    /// Sum of round trips.
-    pub roundtrip_total_ns: u64,
-    /// Longest round trip.
-    pub roundtrip_max_ns: u64,
-}
-
 impl Snapshot {
     /// An empty snapshot of `backend`.
     #[must_use]
     pub fn empty(backend: Backend) -> Self {
         Self {
-            backend: backend.name().to_owned(),
+            backend,
             vmexit_available: backend.emits_vmexit(),
-            attach_mode: "classic".to_owned(),
             ..Self::default()
         }
     }
@@ -231,14 +159,14 @@ impl Snapshot {
         let before: std::collections::HashMap<_, &ExitRow> = earlier
             .exits
             .iter()
-            .map(|e| ((e.isa.as_str(), e.reason, e.pid, e.vcpu), e))
+            .map(|e| ((e.isa, e.reason, e.pid, e.vcpu), e))
             .collect();
         out.exits = self
             .exits
             .iter()
             .filter_map(|row| {
                 let before = before
-                    .get(&(row.isa.as_str(), row.reason, row.pid, row.vcpu))
+                    .get(&(row.isa, row.reason, row.pid, row.vcpu))
                     .copied();
                 let mut row = row.clone();
                 if let Some(b) = before {
@@ -268,75 +196,19 @@ impl Snapshot {
                 }
             })
             .collect();
-        let e = &earlier.events;
-        out.events = Events {
-            cpuid: delta(&self.events.cpuid, &e.cpuid, |r| (r.leaf, r.subleaf)),
-            pio: delta(&self.events.pio, &e.pio, |r| (r.port, r.write, r.size)),
-            mmio: delta(&self.events.mmio, &e.mmio, |r| (r.gpa, r.write)),
-            msr: delta(&self.events.msr, &e.msr, |r| (r.index, r.write)),
-            hypercall: delta(&self.events.hypercall, &e.hypercall, |r| r.nr),
-            userspace_exit: self
-                .events
-                .userspace_exit
-                .iter()
-                .filter_map(|row| {
-                    let mut row = row.clone();
-                    if let Some(b) = e.userspace_exit.iter().find(|b| b.reason == row.reason) {
-                        row.count = row.count.saturating_sub(b.count);
-                        row.roundtrips = row.roundtrips.saturating_sub(b.roundtrips);
-                        row.roundtrip_total_ns =
-                            row.roundtrip_total_ns.saturating_sub(b.roundtrip_total_ns);
-                    }
-                    (row.count > 0 || row.roundtrips > 0).then_some(row)
-                })
-                .collect(),
-        };
+        out.events = self.events.since(&earlier.events);
         out
     }
-}
-
-/// Event rows: a key and a `count`.
-trait Counted: Clone {
-    fn count(&self) -> u64;
-    fn set_count(&mut self, count: u64);
-}
-
-macro_rules! counted {
-    ($($t:ty),*) => {$(
-        impl Counted for $t {
-            fn count(&self) -> u64 {
-                self.count
-            }
-            fn set_count(&mut self, count: u64) {
-                self.count = count;
-            }
-        }
-    )*};
-}
-counted!(CpuidRow, PioRow, MmioRow, MsrRow, HypercallRow);
-
-/// `now - before` per key, without the rows that did not change.
-fn delta<T: Counted, K: PartialEq>(now: &[T], before: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
-    now.iter()
-        .filter_map(|row| {
-            let old = before
-                .iter()
-                .find(|b| key(b) == key(row))
-                .map_or(0, Counted::count);
-            let mut row = row.clone();
-            row.set_count(row.count().saturating_sub(old));
-            (row.count() > 0).then_some(row)
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::events::{CpuidRow, PioRow};
 
     fn exit(reason: u32, count: u64, timed: u64, total_ns: u64) -> ExitRow {
         ExitRow {
-            isa: "svm".into(),
+            isa: Isa::Svm,
             reason,
             name: "x".into(),
             count,
@@ -423,20 +295,21 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod contract {
     use super::*;
+    use crate::model::events::{CpuidRow, HypercallRow, MmioRow, MsrRow, PioRow, UserspaceExitRow};
 
     /// A snapshot with every field of the `--json` contract set.
     pub fn fixed() -> Snapshot {
         let mut s = Snapshot::empty(Backend::Svm);
         s.interval_ns = 2_000_000_000;
-        s.attach_mode = "mixed".into();
+        s.attach_mode = Attached::Mixed;
         s.attach_note = "kvm_exit/kvm_entry classic: kvm_amd has no BTF".into();
-        s.guest_mirror = "registered".into();
+        s.guest_mirror = Some(MirrorState::Registered);
         let mut hist = vec![0; 31];
         hist[10] = 2;
         hist[11] = 1;
         s.exits = vec![
             ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason: 0x72,
                 name: "cpuid".into(),
                 count: 3,
@@ -448,7 +321,7 @@ pub(crate) mod contract {
                 ..ExitRow::default()
             },
             ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason: 0x72,
                 name: "cpuid".into(),
                 pid: Some(4242),
@@ -508,7 +381,7 @@ pub(crate) mod contract {
     /// The example of README.md's "JSON" section: the contract, byte for
     /// byte, as `stat --json` prints it.
     fn readme_example() -> String {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme
             .find("<!-- json-contract-example -->")
             .expect("README.md marks its JSON example");

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::Snapshot;
+use super::{Backend, Snapshot};
 
 /// The `format` field.
 pub const FORMAT: &str = "exitprof-record";
@@ -32,18 +32,48 @@ pub struct Recording {
     /// Host name.
     pub host: String,
     /// KVM backend.
-    pub backend: String,
+    pub backend: Backend,
     /// The workload.
     pub command: Vec<String>,
     /// One per paging mode.
     pub runs: Vec<Run>,
 }
 
+/// The paging mode a run was recorded under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PagingMode {
+    /// Nested paging (EPT on Intel, NPT on AMD).
+    Nested,
+    /// Shadow paging (`ept=0`/`npt=0`).
+    Shadow,
+    /// Whatever the host runs; it could not be switched or read.
+    Current,
+}
+
+impl PagingMode {
+    /// "nested", "shadow" or "current".
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Nested => "nested",
+            Self::Shadow => "shadow",
+            Self::Current => "current",
+        }
+    }
+
+    /// The mode of a module whose nested paging is `nested`.
+    #[must_use]
+    pub const fn of(nested: bool) -> Self {
+        if nested { Self::Nested } else { Self::Shadow }
+    }
+}
+
 /// One run of the workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
-    /// "nested", "shadow", or "current" (the mode could not be read).
-    pub mode: String,
+    /// The paging mode of this run.
+    pub mode: PagingMode,
     /// The module parameter in force, e.g. "npt=1".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paging: Option<String>,
@@ -146,13 +176,14 @@ impl Recording {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{backend::Backend, snapshot::ExitRow};
+    use crate::model::ExitRow;
+    use exitprof_common::Isa;
 
     /// A two-run recording: nested (cpuid 100, npf 10) and shadow
     /// (cpuid 100, write_cr3 50, PF excp 40).
     pub fn sample() -> Recording {
         let row = |name: &str, reason: u32, count: u64, total_ns: u64| ExitRow {
-            isa: "svm".into(),
+            isa: Isa::Svm,
             reason,
             name: name.into(),
             count,
@@ -163,12 +194,12 @@ pub(crate) mod tests {
             hist_log2_ns: vec![0; 31],
             ..ExitRow::default()
         };
-        let run = |mode: &str, paging: &str, rows: Vec<ExitRow>| {
+        let run = |mode: PagingMode, paging: &str, rows: Vec<ExitRow>| {
             let mut total = Snapshot::empty(Backend::Svm);
             total.interval_ns = 1_000_000_000;
             total.exits = rows;
             Run {
-                mode: mode.into(),
+                mode,
                 paging: Some(paging.into()),
                 exit_status: Some(0),
                 interval_ns: 1_000_000_000,
@@ -180,11 +211,11 @@ pub(crate) mod tests {
             format: FORMAT.into(),
             version: VERSION,
             host: "h".into(),
-            backend: "svm".into(),
+            backend: Backend::Svm,
             command: vec!["exitprof".into(), "vm".into()],
             runs: vec![
                 run(
-                    "nested",
+                    PagingMode::Nested,
                     "npt=1",
                     vec![
                         row("cpuid", 0x72, 100, 1_000_000),
@@ -192,7 +223,7 @@ pub(crate) mod tests {
                     ],
                 ),
                 run(
-                    "shadow",
+                    PagingMode::Shadow,
                     "npt=0",
                     vec![
                         row("cpuid", 0x72, 100, 1_000_000),

@@ -12,6 +12,8 @@ use std::{
 
 use exitprof_common::guest_abi::DEBUGFS_FILE;
 
+use crate::{host::tracefs, model::MirrorState};
+
 /// Where debugfs lives.
 const DEBUGFS: &str = "/sys/kernel/debug";
 
@@ -29,34 +31,14 @@ pub enum MirrorStatus {
 }
 
 impl MirrorStatus {
-    /// The `guest_mirror` value of the JSON output.
+    /// The state a snapshot reports.
     #[must_use]
-    pub fn name(&self) -> &'static str {
+    pub const fn state(&self) -> MirrorState {
         match self {
-            Self::Registered => "registered",
-            Self::Unpatched => "unpatched",
-            Self::Busy => "busy",
-            Self::Failed(_) => "failed",
-        }
-    }
-
-    /// One line for humans about the status named `name` (see
-    /// [`Self::name`]).
-    #[must_use]
-    pub fn describe(name: &str) -> String {
-        let file = debugfs_file(Path::new(DEBUGFS));
-        match name {
-            "registered" => format!(
-                "registered with KVM ({}): guests read these counts with CPUID 0x4FFFFFFB..0x4FFFFFFF",
-                file.display()
-            ),
-            "unpatched" => format!(
-                "off: this KVM has no exitprof patch (no {}; see kernel-patch/)",
-                file.display()
-            ),
-            "busy" => "off: another exitprof holds KVM's CPUID mirror; stop it to mirror this one"
-                .to_owned(),
-            _ => "off: registering with KVM failed (see the note above)".to_owned(),
+            Self::Registered => MirrorState::Registered,
+            Self::Unpatched => MirrorState::Unpatched,
+            Self::Busy => MirrorState::Busy,
+            Self::Failed(_) => MirrorState::Failed,
         }
     }
 }
@@ -89,7 +71,7 @@ impl Mirror {
     #[must_use]
     pub fn register(map: std::os::fd::BorrowedFd<'_>) -> Self {
         let debugfs = Path::new(DEBUGFS);
-        ensure_debugfs();
+        tracefs::ensure_debugfs(DEBUGFS);
         let path = debugfs_file(debugfs);
         let unregistered = Self::unregistered;
         let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -115,16 +97,6 @@ impl Mirror {
     }
 }
 
-/// Mounts debugfs when nothing is mounted there (a fresh machine may not
-/// have it); a failure surfaces as "unpatched" or "failed" later.
-fn ensure_debugfs() {
-    let dir = Path::new(DEBUGFS);
-    if dir.join("kvm").exists() || dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        return;
-    }
-    let _ = crate::tracefs::mount_pseudo("debugfs", DEBUGFS);
-}
-
 /// The borrowed descriptor of a map, for [`Mirror::register`].
 #[must_use]
 pub fn map_fd(map: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -139,16 +111,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_read_as_one_line_each() {
+    fn statuses_map_to_states() {
+        assert_eq!(MirrorStatus::Busy.state(), MirrorState::Busy);
         assert_eq!(
-            MirrorStatus::describe(MirrorStatus::Unpatched.name()),
-            "off: this KVM has no exitprof patch (no /sys/kernel/debug/kvm/exitprof; see kernel-patch/)"
+            MirrorStatus::Failed("x".into()).state(),
+            MirrorState::Failed
         );
         assert_eq!(
-            MirrorStatus::describe(MirrorStatus::Busy.name()),
-            "off: another exitprof holds KVM's CPUID mirror; stop it to mirror this one"
+            debugfs_file(Path::new(DEBUGFS)),
+            Path::new("/sys/kernel/debug/kvm/exitprof")
         );
-        assert_eq!(MirrorStatus::Registered.name(), "registered");
-        assert_eq!(MirrorStatus::Failed("x".into()).name(), "failed");
     }
 }

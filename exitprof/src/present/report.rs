@@ -1,122 +1,19 @@
-//! `exitprof report FILE`: a recording as tables, and with two paging
-//! modes a side-by-side comparison per reason, sorted by impact, with a
-//! one-line summary; `--json`, `--csv`, and `--svg` for a bar chart.
-use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::ExitCode};
-
-use anyhow::Context as _;
-use serde::Serialize;
+//! A recording for people: the comparison table, CSV rows and the SVG
+//! chart of `exitprof report`.
+use std::fmt::Write as _;
 
 use crate::{
-    present::{duration, table},
-    recording::Recording,
+    model::{
+        comparison::{Compared, ratio},
+        recording::Recording,
+    },
+    present::duration,
 };
-
-/// Arguments of `exitprof report`.
-#[derive(clap::Args, Debug)]
-#[command(after_help = "\
-Examples:
-  exitprof report r.json
-  exitprof report r.json --csv > r.csv
-  exitprof report r.json --svg r.svg")]
-pub struct ReportArgs {
-    /// A recording written by `exitprof record`.
-    pub file: PathBuf,
-    /// Print the runs and the comparison as one JSON object.
-    #[arg(long, conflicts_with = "csv")]
-    pub json: bool,
-    /// Print one CSV row per run and reason.
-    #[arg(long)]
-    pub csv: bool,
-    /// Also draw the comparison as a grouped bar chart into this SVG file.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-}
-
-/// One reason in two runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Compared {
-    /// "vmx" or "svm".
-    pub isa: String,
-    /// Raw code.
-    pub reason: u32,
-    /// Name.
-    pub name: String,
-    /// Exits in run A and B.
-    pub count: [u64; 2],
-    /// Time in exits in run A and B.
-    pub total_ns: [u64; 2],
-}
-
-impl Compared {
-    /// B's time minus A's.
-    #[must_use]
-    pub fn time_diff_ns(&self) -> i128 {
-        i128::from(self.total_ns[1]) - i128::from(self.total_ns[0])
-    }
-}
-
-/// `b / a` as text: "3.00x", "new" when a is 0, "-" when both are.
-#[must_use]
-pub fn ratio(a: u64, b: u64) -> String {
-    match (a, b) {
-        (0, 0) => "-".to_owned(),
-        (0, _) => "new".to_owned(),
-        #[expect(clippy::cast_precision_loss, reason = "display only")]
-        _ => format!("{:.2}x", b as f64 / a as f64),
-    }
-}
-
-/// The per-reason comparison of the first two runs, by impact (|time
-/// difference|, then count difference).
-#[must_use]
-pub fn compare(recording: &Recording) -> Vec<Compared> {
-    let mut by_reason: BTreeMap<(String, u32), Compared> = BTreeMap::new();
-    for (i, run) in recording.runs.iter().take(2).enumerate() {
-        for row in run.total.reason_rows() {
-            let c = by_reason
-                .entry((row.isa.clone(), row.reason))
-                .or_insert_with(|| Compared {
-                    isa: row.isa.clone(),
-                    reason: row.reason,
-                    name: row.name.clone(),
-                    count: [0; 2],
-                    total_ns: [0; 2],
-                });
-            c.count[i] = row.count;
-            c.total_ns[i] = row.total_ns;
-        }
-    }
-    let mut rows: Vec<Compared> = by_reason.into_values().collect();
-    rows.sort_by(|a, b| {
-        b.time_diff_ns()
-            .abs()
-            .cmp(&a.time_diff_ns().abs())
-            .then((b.count[1].abs_diff(b.count[0])).cmp(&a.count[1].abs_diff(a.count[0])))
-            .then(a.name.cmp(&b.name))
-    });
-    rows
-}
-
-/// "shadow paging vs nested paging: 3.40x the exits, 10.67x the time; top:
-/// PF excp, write_cr3, npf".
-#[must_use]
-pub fn summary(recording: &Recording, rows: &[Compared]) -> Option<String> {
-    let [a, b] = [recording.runs.first()?, recording.runs.get(1)?];
-    let top: Vec<&str> = rows.iter().take(3).map(|r| r.name.as_str()).collect();
-    Some(format!(
-        "{} paging vs {} paging: {} the exits, {} the time; top: {}",
-        b.mode,
-        a.mode,
-        ratio(a.total.total_exits(), b.total.total_exits()),
-        ratio(a.total.total_exit_ns(), b.total.total_exit_ns()),
-        top.join(", ")
-    ))
-}
 
 /// The comparison table.
 #[must_use]
 pub fn comparison_text(recording: &Recording, rows: &[Compared]) -> String {
-    let (a, b) = (&recording.runs[0].mode, &recording.runs[1].mode);
+    let (a, b) = (recording.runs[0].mode.name(), recording.runs[1].mode.name());
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -161,9 +58,9 @@ pub fn csv(recording: &Recording) -> String {
             let _ = writeln!(
                 out,
                 "{},{},{},{},\"{}\",{},{},{},{},{}",
-                run.mode,
+                run.mode.name(),
                 run.paging.as_deref().unwrap_or(""),
-                r.isa,
+                r.isa.name(),
                 r.reason,
                 r.name,
                 r.count,
@@ -193,7 +90,7 @@ pub fn svg(recording: &Recording, rows: &[Compared]) -> String {
         .runs
         .iter()
         .take(2)
-        .map(|r| r.mode.as_str())
+        .map(|r| r.mode.name())
         .collect();
     let max = rows.iter().flat_map(|r| r.count).max().unwrap_or(1).max(1);
     let (left, top, plot_h, group_w, bar_w) = (70u64, 50u64, 300u64, 90u64, 32u64);
@@ -274,80 +171,15 @@ pub fn svg(recording: &Recording, rows: &[Compared]) -> String {
     out
 }
 
-/// Runs `exitprof report`.
-///
-/// # Errors
-/// The recording cannot be read, or the SVG cannot be written.
-pub fn main(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let recording = Recording::load(&args.file)?;
-    let rows = if recording.runs.len() >= 2 {
-        compare(&recording)
-    } else {
-        Vec::new()
-    };
-    if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&recording, &rows))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            recording: &'a Recording,
-            comparison: &'a [Compared],
-            summary: Option<String>,
-        }
-        let out = Out {
-            recording: &recording,
-            comparison: &rows,
-            summary: summary(&recording, &rows),
-        };
-        println!("{}", serde_json::to_string(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.csv {
-        print!("{}", csv(&recording));
-        return Ok(ExitCode::SUCCESS);
-    }
-    for run in &recording.runs {
-        println!(
-            "== {} paging{} ==",
-            run.mode,
-            run.paging
-                .as_deref()
-                .map(|p| format!(" ({p})"))
-                .unwrap_or_default()
-        );
-        print!(
-            "{}",
-            table::render(&run.total, &format!("`{}`", recording.command.join(" ")))
-        );
-    }
-    if recording.runs.len() >= 2 {
-        println!("== comparison ==");
-        print!("{}", comparison_text(&recording, &rows));
-        if let Some(line) = summary(&recording, &rows) {
-            println!("\n{line}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::tests::sample;
+    use crate::model::{comparison::compare, recording::tests::sample};
 
     #[test]
-    fn comparison_by_impact_with_summary() {
+    fn comparison_table_by_impact() {
         let r = sample();
         let rows = compare(&r);
-        let names: Vec<&str> = rows.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["PF excp", "write_cr3", "npf", "cpuid"]);
-        assert_eq!(rows[2].count, [10, 0]);
-        assert_eq!(
-            summary(&r, &rows).unwrap(),
-            "shadow paging vs nested paging: 1.73x the exits, 7.33x the time; top: PF excp, write_cr3, npf"
-        );
         let text = comparison_text(&r, &rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(

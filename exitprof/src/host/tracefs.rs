@@ -1,4 +1,5 @@
-//! tracefs: mounting it when missing and parsing tracepoint `format` files.
+//! tracefs (and debugfs): mounting them when missing, and parsing
+//! tracepoint `format` files.
 //! Field offsets differ between kernels (see `fixtures/tracefs` at the repository root), so
 //! they are read at load time, never assumed.
 use std::{
@@ -233,6 +234,16 @@ pub fn mount_pseudo(fstype: &str, target: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Mounts debugfs at `dir` when nothing is mounted there (a fresh machine
+/// may not have it); a failure surfaces later, when a file is missing.
+pub fn ensure_debugfs(dir: &str) {
+    let path = Path::new(dir);
+    if path.join("kvm").exists() || path.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        return;
+    }
+    let _ = mount_pseudo("debugfs", dir);
 }
 
 /// Reads and parses `events/<category>/<event>/format` under `root`.

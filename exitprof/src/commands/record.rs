@@ -5,12 +5,18 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    backend::Backend,
+    bpf::AttachMode,
     cli::parse_duration,
-    paging::{PagingError, Restore, VendorModule, other_vm},
-    recording::{FORMAT, Recording, Run as RecordedRun, VERSION},
-    signals,
-    stat::{Run, profile},
+    host::{
+        backend::{self, VendorModule},
+        paging::{self, PagingError, Restore},
+        procfs,
+    },
+    model::{
+        Backend,
+        recording::{FORMAT, PagingMode, Recording, Run as RecordedRun, VERSION},
+    },
+    session::{Run, profile, signals},
 };
 
 /// Which paging modes to record.
@@ -75,67 +81,91 @@ fn default_workload(backend: Backend) -> anyhow::Result<Vec<String>> {
     Ok(cmd)
 }
 
+/// What `record` does about the paging mode.
+enum Plan {
+    /// Record once, in whatever mode the host runs (`module`: the vendor
+    /// module whose mode is named in the recording, when there is one).
+    Current(Option<VendorModule>),
+    /// Record once per mode, switching `module` between them.
+    Switch(VendorModule, Vec<bool>),
+}
+
+impl Plan {
+    /// The plan for `--ept`, on this host.
+    fn new(ept: Option<Ept>) -> anyhow::Result<Self> {
+        let module = match paging::switchable() {
+            Ok(m) => Some(m),
+            Err(PagingError::NotSwitchable(why)) => {
+                if ept.is_some() {
+                    eprintln!(
+                        "exitprof: cannot switch the paging mode: {why}; recording the current mode only"
+                    );
+                }
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match (module, ept) {
+            (Some(m), Some(Ept::On)) => Self::Switch(m, vec![true]),
+            (Some(m), Some(Ept::Off)) => Self::Switch(m, vec![false]),
+            (Some(m), Some(Ept::Both)) => Self::Switch(m, vec![true, false]),
+            (module, _) => Self::Current(module),
+        })
+    }
+}
+
 /// Runs `exitprof record`.
 ///
 /// # Errors
 /// Profiling, switching or writing fails; the paging mode is restored.
 pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     signals::install();
-    let backend = Backend::detect();
+    let backend = backend::detect();
     let command = if args.command.is_empty() {
         default_workload(backend)?
     } else {
         args.command.clone()
     };
-    let module = match (args.ept, VendorModule::detect()) {
-        (None, Ok(m)) => Some((m, false)),
-        (Some(_), Ok(m)) => Some((m, true)),
-        (_, Err(PagingError::NotSwitchable(why))) => {
-            if args.ept.is_some() {
-                eprintln!(
-                    "exitprof: cannot switch the paging mode: {why}; recording the current mode only"
-                );
-            }
-            None
-        }
-        (_, Err(e)) => return Err(e.into()),
-    };
-    let plan: Vec<Option<bool>> = match (&module, args.ept) {
-        (Some((_, true)), Some(Ept::On)) => vec![Some(true)],
-        (Some((_, true)), Some(Ept::Off)) => vec![Some(false)],
-        (Some((_, true)), Some(Ept::Both)) => vec![Some(true), Some(false)],
-        (Some((m, _)), _) => vec![Some(m.nested()?)],
-        (None, _) => vec![None],
-    };
+    let plan = Plan::new(args.ept)?;
     // Restores the original mode when dropped: on return, error or signal.
-    let restore = match &module {
-        Some((m, true)) => Some(Restore::new(m.clone())?),
-        _ => None,
+    let restore = match &plan {
+        Plan::Switch(m, _) => Some(Restore::new(*m)?),
+        Plan::Current(_) => None,
+    };
+    let modes: Vec<Option<bool>> = match &plan {
+        Plan::Switch(_, modes) => modes.iter().copied().map(Some).collect(),
+        Plan::Current(Some(m)) => vec![Some(paging::nested(m)?)],
+        Plan::Current(None) => vec![None],
+    };
+    let module = match &plan {
+        Plan::Switch(m, _) | Plan::Current(Some(m)) => Some(*m),
+        Plan::Current(None) => None,
     };
     let mut runs = Vec::new();
-    for nested in plan {
+    for nested in modes {
         if signals::received().is_some() {
             break;
         }
-        if let (Some((m, true)), Some(nested)) = (&module, nested)
-            && m.nested()? != nested
+        if let (Plan::Switch(m, _), Some(nested)) = (&plan, nested)
+            && paging::nested(m)? != nested
         {
             if !args.force
-                && let Some(pid) = other_vm(&[std::process::id()])
+                && let Some(pid) = procfs::other_vm(&[std::process::id()])
             {
                 return Err(PagingError::VmRunning(pid).into());
             }
-            eprintln!("exitprof: reloading {} with {}", m.name, m.setting(nested));
-            m.reload(nested)?;
+            eprintln!(
+                "exitprof: reloading {} with {}",
+                m.name,
+                paging::setting(m, nested)
+            );
+            paging::reload(m, nested)?;
         }
-        let mode = match nested {
-            Some(true) => "nested",
-            Some(false) => "shadow",
-            None => "current",
-        };
+        let mode = nested.map_or(PagingMode::Current, PagingMode::of);
         eprintln!(
-            "exitprof: recording `{}` ({mode} paging)",
-            command.join(" ")
+            "exitprof: recording `{}` ({} paging)",
+            command.join(" "),
+            mode.name()
         );
         let outcome = profile(&Run {
             command: &command,
@@ -146,17 +176,20 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             breakdown: true,
             map_entries: None,
             cost: false,
-            attach: crate::loader::AttachMode::Auto,
+            attach: AttachMode::Auto,
             interval: Some(args.interval),
         })?;
         if let Some(code) = outcome.status
             && code != 0
         {
-            eprintln!("exitprof: the workload exited with {code} under {mode} paging");
+            eprintln!(
+                "exitprof: the workload exited with {code} under {} paging",
+                mode.name()
+            );
         }
         runs.push(RecordedRun {
-            mode: mode.to_owned(),
-            paging: module.as_ref().zip(nested).map(|((m, _), n)| m.setting(n)),
+            mode,
+            paging: module.zip(nested).map(|(m, n)| paging::setting(&m, n)),
             exit_status: outcome.status,
             interval_ns: u64::try_from(args.interval.as_nanos()).unwrap_or(u64::MAX),
             snapshots: outcome.intervals,
@@ -167,10 +200,8 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let recording = Recording {
         format: FORMAT.to_owned(),
         version: VERSION,
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default(),
-        backend: backend.name().to_owned(),
+        host: procfs::hostname(),
+        backend,
         command,
         runs,
     };

@@ -1,0 +1,40 @@
+//! Facts about processes and the host from `/proc`.
+use std::fs;
+
+/// The host's name ("?" when it cannot be read).
+#[must_use]
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "?".to_owned(), |h| h.trim().to_owned())
+}
+
+/// `/proc/<pid>/comm`, if the process exists.
+#[must_use]
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_owned())
+}
+
+/// The first process other than `except` that holds a KVM VM open.
+#[must_use]
+pub fn other_vm(except: &[u32]) -> Option<u32> {
+    let procs = fs::read_dir("/proc").ok()?;
+    for entry in procs.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            if fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:kvm-vm") {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
