@@ -77,6 +77,10 @@ pub struct PioKey {
     /// Access size in bytes (1, 2, 4).
     pub size: u8,
     /// Always 0 (keeps the key 8 bytes, like the other event keys).
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 
@@ -89,6 +93,10 @@ pub struct MmioKey {
     /// 1 for a write, 0 for a (satisfied) read.
     pub write: u32,
     /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 

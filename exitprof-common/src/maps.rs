@@ -74,6 +74,10 @@ pub struct BreakdownKey {
     /// Dense reason slot, see [`crate::reasons::slot`].
     pub slot: u32,
     /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 
@@ -150,12 +154,20 @@ pub struct PendingUserspaceExit {
     /// `USERSPACE_EXITS` slot (`userspace_exit::slot`).
     pub reason: u32,
     /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 
 /// Log2 bucket of a duration: `floor(log2(d))`, clamped to the last bucket.
 /// Written as a bounded binary search so the eBPF verifier accepts it.
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn log2_bucket(d: u64) -> usize {
     let mut v = d;

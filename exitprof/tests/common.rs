@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests (`mod common;`).
 #![allow(dead_code, reason = "each test binary uses a part")]
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test helpers: their panic is the failing test's message (fires only in the targets that use them all)"
+)]
 
 use std::process::{Command, Output};
 
@@ -35,6 +39,7 @@ pub fn can_profile(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 }
 
 /// Runs exitprof with `args`.
+#[must_use]
 pub fn exitprof(args: &[&str]) -> Output {
     Command::new(EXITPROF)
         .args(args)
@@ -43,6 +48,7 @@ pub fn exitprof(args: &[&str]) -> Output {
 }
 
 /// Stdout as one JSON value.
+#[must_use]
 pub fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -69,6 +75,7 @@ pub fn count_where(rows: &serde_json::Value, pick: impl Fn(&serde_json::Value) -
 }
 
 /// Stderr as text, asserting it is one line.
+#[must_use]
 pub fn one_line_error(out: &Output) -> String {
     assert!(!out.status.success(), "expected a failure");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -163,7 +163,10 @@ fn hex(v: u32) -> String {
 pub fn header_patch() -> String {
     let header = abi_header();
     let lines = header.lines().count();
-    let body: String = header.lines().map(|l| format!("+{l}\n")).collect();
+    let body = header.lines().fold(String::new(), |mut body, l| {
+        let _ = writeln!(body, "+{l}");
+        body
+    });
     format!(
         "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001
 From: exitprof maintainers <maintainers@exitprof.invalid>
@@ -226,6 +229,10 @@ fn kernel_dir() -> PathBuf {
 
 /// The patched modules for `kernel`, built once and cached: their
 /// directory (holding `arch/x86/kvm/*.ko`).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the build's steps in order: download, extract, patch, configure, make, check"
+)]
 pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     let patches = series()?;
     let mut stamp_text = format!("{}\n", kernel.package_version);

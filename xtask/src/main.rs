@@ -2,6 +2,7 @@
 //!
 //! - `setup`: install what a fresh machine lacks (idempotent)
 //! - `demo`: the main job on the built-in default workload
+//! - `lint`: rustfmt and clippy on every crate (the first step of `test`)
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
 //! - `kernel`: the patched KVM modules for the sandbox kernel
@@ -31,6 +32,8 @@ enum Task {
     Setup,
     /// Build and run the main job (exitprof top) on the built-in workload VM.
     Demo(tasks::DemoArgs),
+    /// rustfmt and clippy (pedantic, warnings as errors) on every crate.
+    Lint,
     /// Run every test: unit, root integration, nested sandbox.
     Test(tasks::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => tasks::setup::setup(),
         Task::Demo(args) => tasks::demo(&args),
+        Task::Lint => tasks::lint(),
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
             tasks::setup::setup()?;
@@ -100,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                     name: "by-hand",
                     script: &script,
                     npt: !shadow,
-                    timeout: std::time::Duration::from_secs(600),
+                    timeout: std::time::Duration::from_mins(10),
                     modules: modules.as_deref(),
                     extra: if tools { sandbox::BENCH_TOOLS } else { &[] },
                     cpus: 2,

@@ -57,9 +57,10 @@ pub fn download_deb(debs: &Path, package: &str, version: &str) -> anyhow::Result
     let find = || {
         fs::read_dir(debs).ok().and_then(|entries| {
             entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{package}_"))
+                        && Path::new(n).extension().is_some_and(|e| e == "deb")
+                })
             })
         })
     };

@@ -138,19 +138,8 @@ impl Profiler {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let root = tracefs::ensure_mounted()?;
-        let read = |category, event| tracefs::read_format(&root, category, event);
         let hooks = hooks::all();
-        let mut formats = Vec::new();
-        for hook in &hooks {
-            match read(hook.category, hook.event) {
-                Ok(format) => formats.push((hook, Some(format))),
-                Err(TracefsError::MissingEvent { .. }) if !hook.required => {
-                    formats.push((hook, None));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let formats = read_formats(&hooks)?;
         let find = |event: &str| {
             formats
                 .iter()
@@ -253,7 +242,7 @@ impl Profiler {
     }
 
     /// Fills the per-vCPU breakdown map with `keys` synthetic keys (pid
-    /// 4_000_000, 30 SVM reasons from 0x60 per vCPU), so that the readout
+    /// `4_000_000`, 30 SVM reasons from 0x60 per vCPU), so that the readout
     /// and the TUI can be measured under a big host's load on a machine
     /// whose KVM emits no `kvm_exit`. Never used for a real profile.
     ///
@@ -322,6 +311,23 @@ impl Profiler {
         self.attach_note.clone_into(&mut snapshot.attach_note);
         Ok(snapshot)
     }
+}
+
+/// Each hook with its tracepoint's format; `None` for an optional
+/// tracepoint this kernel lacks (its program is not attached).
+fn read_formats(hooks: &[Hook]) -> Result<Vec<(&Hook, Option<tracefs::Format>)>, LoadError> {
+    let root = tracefs::ensure_mounted()?;
+    let mut formats = Vec::new();
+    for hook in hooks {
+        match tracefs::read_format(&root, hook.category, hook.event) {
+            Ok(format) => formats.push((hook, Some(format))),
+            Err(TracefsError::MissingEvent { .. }) if !hook.required => {
+                formats.push((hook, None));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(formats)
 }
 
 /// Loads and attaches `hook`'s classic program, or its raw one.

@@ -21,6 +21,10 @@ Examples:
       every VM on the host, one JSON snapshot
   sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
       what each program costs per event with classic tracepoints")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line flags, each its own switch"
+)]
 pub struct StatArgs {
     /// Print one JSON snapshot (the contract in README.md, "JSON") instead
     /// of tables.

@@ -52,7 +52,7 @@ pub struct VmArgs {
     /// MSR pairs per round: N rdmsr and N wrmsr (writing back the value read).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub msr: u32,
-    /// The MSR: IA32_UCODE_REV by default, which KVM traps and handles on
+    /// The MSR: `IA32_UCODE_REV` by default, which KVM traps and handles on
     /// every backend and which ignores guest writes.
     #[arg(long, default_value = "0x8b", value_parser = parse_u32, value_name = "INDEX")]
     pub msr_index: u32,
@@ -62,7 +62,7 @@ pub struct VmArgs {
     /// The hypercall number (rax).
     #[arg(long, default_value = "0x283", value_parser = parse_u32, value_name = "NR")]
     pub hypercall_nr: u32,
-    /// HLTs per round (each one a KVM_EXIT_HLT: there is no in-kernel irqchip).
+    /// HLTs per round (each one a `KVM_EXIT_HLT`: there is no in-kernel irqchip).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub hlt: u32,
     /// Paging work per round: turns 32-bit paging on, then N times writes
@@ -123,8 +123,7 @@ fn parse_mmio_gpa(text: &str) -> Result<u32, String> {
     let gpa = parse_u32(text)?;
     if (gpa as usize) < RAM_BYTES {
         return Err(format!(
-            "{gpa:#x} is guest RAM; MMIO needs an address at or above {:#x}",
-            RAM_BYTES
+            "{gpa:#x} is guest RAM; MMIO needs an address at or above {RAM_BYTES:#x}"
         ));
     }
     if gpa > u32::MAX - 3 {

@@ -133,8 +133,8 @@ impl<S: CpuidSource> Counting<'_, S> {
 /// # Errors
 /// See [`GuestError`].
 pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, GuestError> {
-    let mut cpu = Counting { source, queries: 0 };
     const HYPERVISOR_BIT: u32 = 1 << 31;
+    let mut cpu = Counting { source, queries: 0 };
     if cpu.cpuid(1, 0)[2] & HYPERVISOR_BIT == 0 {
         return Err(GuestError::NotVirtual);
     }
@@ -144,7 +144,7 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
         let vendor: Vec<u8> = [v[1], v[2], v[3]]
             .iter()
             .flat_map(|r| r.to_le_bytes())
-            .filter(|b| b.is_ascii_graphic())
+            .filter(u8::is_ascii_graphic)
             .collect();
         let vendor = String::from_utf8_lossy(&vendor).into_owned();
         return Err(GuestError::Unpatched {
@@ -327,10 +327,13 @@ mod tests {
         // Per SVM reason KVM handles one exits query (none for the
         // defined but unhandled ones, which read as zeros by the ABI), per
         // row one cycles query, plus leaf 1, discovery and the two totals.
-        let counted = reasons::table(Isa::Svm)
-            .iter()
-            .filter(|r| matches!(classify(Isa::Svm, r.code), ReasonClass::Counted(_)))
-            .count() as u32;
+        let counted = u32::try_from(
+            reasons::table(Isa::Svm)
+                .iter()
+                .filter(|r| matches!(classify(Isa::Svm, r.code), ReasonClass::Counted(_)))
+                .count(),
+        )
+        .unwrap();
         assert_eq!(counted, 79);
         assert_eq!(report.queries, counted + 2 + 4);
         assert!(

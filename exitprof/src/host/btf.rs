@@ -44,6 +44,10 @@ pub enum BtfError {
 /// One type: its kind, name, size-or-type, and where its trailing records
 /// start in `data`.
 #[derive(Clone, Copy, Debug)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "`kind_flag` is the BTF specification's name"
+)]
 struct Type {
     kind: u32,
     vlen: u32,
@@ -226,7 +230,7 @@ impl Btf<'_> {
                     .iter()
                     .enumerate()
                     .filter(move |(_, t)| t.kind == kind)
-                    .map(move |(i, t)| (b.first_id + i as u32, t))
+                    .map(move |(i, t)| (b.first_id + u32::try_from(i).unwrap_or(u32::MAX), t))
             })
             .filter(|(_, t)| self.name(t.name_off) == name)
             .map(|(id, _)| id)
@@ -450,8 +454,8 @@ mod tests {
     use super::*;
     use testing::Builder;
 
-    /// 1 int, 2 struct kvm_vcpu {int pad; int vcpu_id}, 3 ptr->2,
-    /// 4 proto(void*, kvm_vcpu*, u32), 5 ptr->4, 6 typedef btf_trace_kvm_exit,
+    /// 1 int, 2 struct `kvm_vcpu` {int pad; int `vcpu_id`}, 3 ptr->2,
+    /// 4 proto(void*, `kvm_vcpu`*, u32), 5 ptr->4, 6 typedef `btf_trace_kvm_exit`,
     /// 7 u32 typedef -> 1, 8 void ptr
     fn sample() -> Vec<u8> {
         sample_builder().bytes()

@@ -74,7 +74,7 @@ pub fn compare(recording: &Recording) -> Vec<Compared> {
 }
 
 /// "shadow paging vs nested paging: 3.40x the exits, 10.67x the time; top:
-/// PF excp, write_cr3, npf".
+/// PF excp, `write_cr3`, npf".
 #[must_use]
 pub fn summary(recording: &Recording, rows: &[Compared]) -> Option<String> {
     let [a, b] = [recording.runs.first()?, recording.runs.get(1)?];

@@ -146,6 +146,10 @@ pub(crate) mod isa_name {
     use exitprof_common::Isa;
     use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
 
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "the signature serde's `with` calls"
+    )]
     pub fn serialize<S: Serializer>(isa: &Isa, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(isa.name())
     }

@@ -180,7 +180,7 @@ pub(crate) mod tests {
     use exitprof_common::Isa;
 
     /// A two-run recording: nested (cpuid 100, npf 10) and shadow
-    /// (cpuid 100, write_cr3 50, PF excp 40).
+    /// (cpuid 100, `write_cr3` 50, PF excp 40).
     pub fn sample() -> Recording {
         let row = |name: &str, reason: u32, count: u64, total_ns: u64| ExitRow {
             isa: Isa::Svm,

@@ -31,7 +31,7 @@ pub fn action_for(key: KeyEvent, input: Input) -> Option<Action> {
         KeyCode::Tab => Action::NextView,
         KeyCode::Char('s') => Action::NextSort,
         KeyCode::Char('/') => Action::StartInput(Input::Reason),
-        KeyCode::Char('v') | KeyCode::Char('p') => Action::StartInput(Input::Pid),
+        KeyCode::Char('v' | 'p') => Action::StartInput(Input::Pid),
         KeyCode::Char('r') => Action::Reset,
         KeyCode::Char(' ') => Action::TogglePause,
         KeyCode::Up => Action::Select(-1),

@@ -53,7 +53,7 @@ impl Widget for &App {
         }
         self.footer(footer, buf);
         if self.help {
-            self.help_box(area, buf);
+            App::help_box(area, buf);
         }
     }
 }
@@ -263,7 +263,7 @@ impl App {
         Line::from(text).reversed().render(area, buf);
     }
 
-    fn help_box(&self, area: Rect, buf: &mut Buffer) {
+    fn help_box(area: Rect, buf: &mut Buffer) {
         let lines = [
             "q, Ctrl-C   quit (the terminal is restored)",
             "?           this help",

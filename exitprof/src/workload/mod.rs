@@ -119,14 +119,14 @@ pub struct QueryResult {
 
 impl QueryResult {
     fn new(query: Query, regs: &[u32]) -> Self {
-        let (kind, eax_in, ecx_in) = match query {
+        let (kind, eax, ecx) = match query {
             Query::Cpuid { leaf, subleaf } => ("cpuid", leaf, subleaf),
             Query::Hypercall { nr } => ("hypercall", nr, 0),
         };
         Self {
             kind,
-            eax_in,
-            ecx_in,
+            eax_in: eax,
+            ecx_in: ecx,
             eax: regs[0],
             ebx: regs[1],
             ecx: regs[2],

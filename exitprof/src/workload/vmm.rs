@@ -18,6 +18,8 @@ use super::{
 
 /// Guest RAM: 1 MiB at GPA 0 (MMIO addresses must lie above it).
 pub const RAM_BYTES: usize = 1 << 20;
+/// [`RAM_BYTES`] as the guest's 32-bit addresses see it.
+const RAM_BYTES_U32: u32 = 1 << 20;
 
 /// Anonymous mapping backing guest RAM.
 struct Ram {
@@ -97,7 +99,7 @@ impl Machine {
         ram.write(u64::from(QUERIES_GPA), &list);
         let paging = params.paging > 0;
         if paging {
-            for (gpa, bytes) in page_tables(RAM_BYTES as u32, mmio_gpa) {
+            for (gpa, bytes) in page_tables(RAM_BYTES_U32, mmio_gpa) {
                 ram.write(u64::from(gpa), &bytes);
             }
         }

@@ -10,7 +10,13 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::{tools::*, *};
+use super::{
+    tools::{
+        Tracer, bpftool_costs, command_output, exitprof_costs, has_program, loaded_programs,
+        push_slowdowns, vm_ms,
+    },
+    *,
+};
 
 pub(super) fn host(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let cpuid = sizes.host_cpuid.to_string();

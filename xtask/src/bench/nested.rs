@@ -4,7 +4,10 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use super::{tools::*, *};
+use super::{
+    tools::{bpftool_costs, exitprof_costs, push_slowdowns},
+    *,
+};
 
 /// The sandbox part: one boot, every tracer.
 pub(super) fn sandbox_bench(

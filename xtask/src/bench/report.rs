@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use anyhow::ensure;
 
-use super::*;
+use super::Report;
 
 /// The targets.
 pub(super) fn targets(r: &mut Report) {
@@ -103,7 +103,7 @@ pub(super) fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\nPER-EVENT COST (kernel BPF statistics)");
     for (scope, costs) in [("host", &r.host_cost), ("sandbox (TCG)", &r.sandbox_cost)] {
-        for c in costs.iter() {
+        for c in costs {
             let _ = writeln!(
                 out,
                 "  {scope:<14} {:<17} {:<24} {:>10.1} ns  ({} runs)",
@@ -119,7 +119,7 @@ pub(super) fn render(r: &Report) -> String {
         ("host", &r.host_slowdown),
         ("sandbox (TCG)", &r.sandbox_slowdown),
     ] {
-        for s in list.iter() {
+        for s in list {
             let _ = writeln!(
                 out,
                 "  {scope:<14} {:<12} {:<17} {:>10.1} ms  x{:.3}  ({:.1} ms)",

@@ -41,7 +41,7 @@ impl Tracer {
             .spawn()
             .with_context(|| format!("failed to run {cmd:?}"))?;
         let tracer = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while !ready() {
             ensure!(Instant::now() < deadline, "{cmd:?} did not attach in 60 s");
             sleep(Duration::from_millis(50));

@@ -53,6 +53,10 @@ fn json(results: &Results, key: &str) -> anyhow::Result<Value> {
 }
 
 /// Runs the scenario with the patched modules in `modules`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one boot: its script, then its assertions, read top to bottom"
+)]
 pub fn guest_cpuid_mirror(kernel: &Kernel, exitprof: &Path, modules: &Path) -> anyhow::Result<()> {
     let undefined = svm_code(|c| c == ReasonClass::Undefined);
     let unhandled = svm_code(|c| c == ReasonClass::Unhandled);
@@ -126,7 +130,7 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
             name: "guest-cpuid-mirror",
             script: &script,
             npt: true,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_mins(5),
             modules: Some(modules),
             extra: &[],
             cpus: 2,
@@ -221,7 +225,7 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
     );
     // The CPUID count rises by exactly one per query; the workload's 100
     // CPUIDs, the discovery query and the query itself are already counted.
-    let first = WORKLOAD_CPUIDS as u32 + 2;
+    let first = u32::try_from(WORKLOAD_CPUIDS)? + 2;
     for (i, expected) in [(1, first), (2, first + 1), (3, first + 2)] {
         ensure!(
             regs(&vm, i)? == [expected, 0, 0, 0],

@@ -51,7 +51,7 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
             name: "demo",
             script: &script,
             npt: true,
-            timeout: Duration::from_secs(240),
+            timeout: Duration::from_mins(4),
             modules: None,
             extra: &[],
             cpus: 2,

@@ -42,7 +42,7 @@ pub const DEMO_WORKLOAD: &[&str] = &[
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Run the demo inside the nested SVM sandbox, where kvm_exit fires
+    /// Run the demo inside the nested SVM sandbox, where `kvm_exit` fires
     /// (this host's KVM may not emit it, e.g. PVM).
     #[arg(long)]
     pub sandbox: bool,
@@ -94,6 +94,8 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 /// When any test fails.
 pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
     setup()?;
+    // Style first: a lint failure fails in seconds, not after the sandbox.
+    lint()?;
     let root = workspace_root();
     build_release()?;
     let mut tally = Tally::default();
@@ -115,6 +117,52 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
         );
     }
     tally.finish()
+}
+
+/// `cargo xtask lint`: rustfmt, and clippy (pedantic, as the workspace's
+/// `[lints]` say) with warnings as errors, on user space and on the eBPF
+/// crate (for its own target, with the nightly toolchain it builds with).
+///
+/// # Errors
+/// When any of them complains.
+pub fn lint() -> anyhow::Result<()> {
+    let root = workspace_root();
+    println!("[lint] cargo fmt --all --check");
+    run(Command::new("cargo")
+        .args(["fmt", "--all", "--check"])
+        .current_dir(&root))
+    .context("rustfmt wants changes: run `cargo fmt --all`")?;
+    println!("[lint] cargo clippy (user space, all targets)");
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "exitprof-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("AYA_BUILD_SKIP", "1")
+        .current_dir(&root))
+    .context("clippy found problems in user space")?;
+    println!("[lint] cargo clippy (the eBPF crate, bpfel-unknown-none)");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(root.join("exitprof-ebpf")))
+    .context("clippy found problems in the eBPF crate")
 }
 
 /// Passed and failed tests over the stages of `cargo xtask test`, and the

@@ -119,29 +119,35 @@ fn ensure_nightly() -> anyhow::Result<()> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ]))
         .context("is rustup on PATH and its distribution server reachable?")?;
         return Ok(());
     }
-    let has_src = output(Command::new("rustup").args([
+    let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
         "nightly",
         "--installed",
     ]))
-    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
-    if has_src {
-        println!("[setup] nightly toolchain with rust-src: present");
-    } else {
-        println!("[setup] adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    .unwrap_or_default();
+    // rust-src: the eBPF crate builds core itself; clippy: `cargo xtask
+    // lint` checks the eBPF crate for its own target.
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            println!("[setup] nightly toolchain with {component}: present");
+        } else {
+            println!("[setup] adding {component} to the nightly toolchain");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
     }
     Ok(())
 }
