@@ -11,6 +11,7 @@
 
 mod bench;
 mod kernel;
+mod layers;
 mod sandbox;
 mod scenarios;
 mod tasks;

@@ -8,7 +8,7 @@ use aya::{
     maps::{Map, MapError, PerCpuArray, PerCpuHashMap},
 };
 
-use super::{LoadError, batch};
+use super::{batch, error::LoadError};
 
 /// Every `(key, per-CPU values)` of a per-CPU map.
 pub type Entries<K, V> = Vec<(K, Vec<V>)>;

@@ -5,6 +5,7 @@
 //! lifetime: dropping it detaches every program (also on Ctrl-C and on
 //! errors, by unwinding the owner). Snapshots come out; maps never do.
 mod batch;
+pub mod error;
 pub mod hooks;
 mod maps;
 mod mirror;
@@ -30,6 +31,7 @@ use crate::{
     },
     model::{Attached, Backend, ProgramCost, Snapshot},
 };
+pub use error::LoadError;
 use hooks::{Hook, RawHook};
 use maps::{map_error, map_mut, syscall_error};
 use mirror::{Mirror, MirrorStatus};
@@ -38,48 +40,6 @@ use plan::{Host, RawPlan};
 
 /// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof"));
-
-/// Errors of loading and attaching.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Not running as root.
-    #[error("exitprof needs root to load eBPF programs (CAP_BPF, CAP_PERFMON): run it with sudo")]
-    NotRoot,
-    /// The binary was built without its eBPF object.
-    #[error(
-        "this exitprof binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs: rebuild it with `cargo build` after `cargo xtask setup`"
-    )]
-    NoObject,
-    /// tracefs trouble (mount, missing tracepoint, format).
-    #[error(transparent)]
-    Tracefs(#[from] TracefsError),
-    /// The kernel refused the object.
-    #[error("loading the eBPF object failed: {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    /// A program would not load or attach.
-    #[error("attaching {program} to {category}:{event} failed: {source}")]
-    Attach {
-        /// Program name.
-        program: &'static str,
-        /// Tracepoint category.
-        category: &'static str,
-        /// Tracepoint name.
-        event: &'static str,
-        /// Why.
-        source: Box<ProgramError>,
-    },
-    /// `--attach raw` was asked for, but this kernel's BTF does not allow it.
-    #[error("raw tracepoints are not possible here: {0} (use --attach classic or auto)")]
-    RawUnavailable(String),
-    /// A map could not be read or written.
-    #[error("eBPF map {map}: {source}")]
-    Map {
-        /// Map name.
-        map: &'static str,
-        /// Why.
-        source: Box<aya::maps::MapError>,
-    },
-}
 
 /// Which processes are counted.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use exitprof_common::config::RawOffsets;
 
 use super::{
-    LoadError,
+    error::LoadError,
     hooks::{self, Group},
 };
 use crate::{

@@ -10,7 +10,7 @@ use exitprof_common::{
 };
 
 use super::{
-    LoadError,
+    error::LoadError,
     maps::{array_entries, hash_entries},
 };
 use crate::model::{

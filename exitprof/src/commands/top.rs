@@ -9,7 +9,7 @@ use std::{
 use crate::{
     bpf::{AttachMode, Filter, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
-    host::{backend, procfs},
+    host::{paging, procfs},
     present::table,
     session::signals,
     tui::{self, app::App},
@@ -84,7 +84,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
     let app = App::new(
         profiler.snapshot()?,
         procfs::hostname(),
-        backend::paging_label(),
+        paging::paging_label(),
     );
     if let Some(vcpus) = args.load_test_vcpus {
         // After the baseline, so the synthetic rows show as new exits.

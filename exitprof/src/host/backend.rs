@@ -71,19 +71,6 @@ pub fn detect() -> Backend {
     detect_in(Path::new(SYS_MODULE))
 }
 
-/// "EPT on", "NPT off", or "n/a", from the vendor module's parameter.
-#[must_use]
-pub fn paging_label() -> String {
-    vendor_module().map_or_else(
-        || "n/a".to_owned(),
-        |m| match super::paging::nested(&m) {
-            Ok(true) => format!("{} on", m.paging),
-            Ok(false) => format!("{} off", m.paging),
-            Err(_) => "n/a".to_owned(),
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

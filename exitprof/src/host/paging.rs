@@ -3,7 +3,7 @@
 //! with `ept=`/`npt=`, every other parameter kept as it was.
 use std::{fs, path::Path, process::Command};
 
-use super::backend::{SYS_MODULE, VendorModule, detect_in, vendor_module_in};
+use super::backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in};
 use crate::model::Backend;
 
 /// Why the paging mode cannot be switched here.
@@ -33,6 +33,19 @@ pub enum PagingError {
         /// Why.
         error: std::io::Error,
     },
+}
+
+/// "EPT on", "NPT off", or "n/a", from the vendor module's parameter.
+#[must_use]
+pub fn paging_label() -> String {
+    vendor_module().map_or_else(
+        || "n/a".to_owned(),
+        |m| match nested(&m) {
+            Ok(true) => format!("{} on", m.paging),
+            Ok(false) => format!("{} off", m.paging),
+            Err(_) => "n/a".to_owned(),
+        },
+    )
 }
 
 /// The loaded vendor module whose paging mode can be switched.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use exitprof_common::Isa;
 use serde::Serialize;
 
-use super::{isa_name, recording::Recording};
+use super::{recording::Recording, status::isa_name};
 
 /// One reason in two runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

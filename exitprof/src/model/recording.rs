@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Snapshot};
+use super::{snapshot::Snapshot, status::Backend};
 
 /// The `format` field.
 pub const FORMAT: &str = "exitprof-record";

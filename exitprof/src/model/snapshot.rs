@@ -5,7 +5,7 @@ use exitprof_common::Isa;
 use serde::{Deserialize, Serialize};
 
 use super::events::Events;
-use super::{Attached, Backend, MirrorState, isa_name};
+use super::status::{Attached, Backend, MirrorState, isa_name};
 
 /// One snapshot of every counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

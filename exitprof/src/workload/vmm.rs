@@ -9,7 +9,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use crate::session::signals;
 
 use super::{
-    WorkloadError,
+    error::WorkloadError,
     guest::{
         CODE_GPA, DONE_PORT, Hypercall, PAGE_DIRECTORY_GPA, PARAMS_GPA, Params, QUERIES_GPA, Query,
         REPORT_PORT, page_tables, program,

@@ -15,8 +15,9 @@ use super::{
         Tracer, bpftool_costs, command_output, exitprof_costs, has_program, loaded_programs,
         push_slowdowns, vm_ms,
     },
-    *,
+    types::{BPFTRACE_HOST, Report, Sizes},
 };
+use crate::util::{output, run};
 
 pub(super) fn host(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let cpuid = sizes.host_cpuid.to_string();

@@ -16,18 +16,16 @@
 use std::{fs, process::Command};
 
 use anyhow::Context as _;
-use serde::Serialize;
-use serde_json::Value;
 
 mod host;
 mod nested;
 mod report;
 mod tools;
+mod types;
 
-use crate::{
-    sandbox::{self, BENCH_TOOLS, Results, Scenario},
-    util::{build_release, output, run, workspace_root},
-};
+use types::{FULL, Report, SMOKE};
+
+use crate::util::{build_release, workspace_root};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args, Default)]
@@ -35,132 +33,6 @@ pub struct BenchArgs {
     /// Small counts and one repetition: checks that the bench works.
     #[arg(long)]
     pub smoke: bool,
-}
-
-/// Workload sizes and repetitions.
-struct Sizes {
-    host_cpuid: u32,
-    host_rounds: usize,
-    sandbox_cpuid: u32,
-    sandbox_pio: u32,
-    sandbox_rounds: usize,
-    readout_repeat: u32,
-    tui_seconds: u64,
-    /// Longest the sandbox boot may take before it counts as a stall of
-    /// the TCG emulation (and is retried once).
-    sandbox_timeout_s: u64,
-}
-
-const FULL: Sizes = Sizes {
-    host_cpuid: 200_000,
-    host_rounds: 5,
-    sandbox_cpuid: 10_000,
-    sandbox_pio: 2_000,
-    sandbox_rounds: 5,
-    readout_repeat: 20,
-    tui_seconds: 60,
-    sandbox_timeout_s: 1800,
-};
-
-const SMOKE: Sizes = Sizes {
-    host_cpuid: 2_000,
-    host_rounds: 1,
-    sandbox_cpuid: 500,
-    sandbox_pio: 100,
-    sandbox_rounds: 1,
-    readout_repeat: 3,
-    tui_seconds: 5,
-    sandbox_timeout_s: 300,
-};
-
-/// The bpftrace equivalent of exitprof's handler path on the host: count
-/// CPUIDs per leaf and subleaf.
-const BPFTRACE_HOST: &str =
-    "tracepoint:kvm:kvm_cpuid { @cpuid[args->function, args->index] = count(); }";
-
-/// The bpftrace equivalent of exitprof's vmexit path: count per reason,
-/// time exit to entry per thread, latency stats and a log2 histogram per
-/// reason.
-const BPFTRACE_VMEXIT: &str = "tracepoint:kvm:kvm_exit { @exits[args->isa, args->exit_reason] = count(); @start[tid] = nsecs; @reason[tid] = args->exit_reason; } tracepoint:kvm:kvm_entry /@start[tid]/ { $d = nsecs - @start[tid]; @ns[@reason[tid]] = stats($d); @hist[@reason[tid]] = hist($d); delete(@start[tid]); }";
-
-/// One program's cost per run.
-#[derive(Debug, Serialize)]
-struct ProgramCost {
-    tracer: String,
-    program: String,
-    runs: u64,
-    ns_per_run: f64,
-}
-
-/// One workload's time under one tracer. Noise on these machines only
-/// adds time, so the fastest of the interleaved rounds is the figure
-/// compared (`ratio` = its min over the untraced min); the median is
-/// kept for reference.
-#[derive(Debug, Serialize)]
-struct Slowdown {
-    workload: String,
-    tracer: String,
-    rounds: usize,
-    min_ms: f64,
-    median_ms: f64,
-    ratio: f64,
-}
-
-/// One target of the issue.
-#[derive(Debug, Serialize)]
-struct Target {
-    name: String,
-    value: f64,
-    limit: f64,
-    pass: bool,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Report {
-    smoke: bool,
-    host_cost: Vec<ProgramCost>,
-    host_slowdown: Vec<Slowdown>,
-    sandbox_cost: Vec<ProgramCost>,
-    sandbox_slowdown: Vec<Slowdown>,
-    readout: Vec<Value>,
-    tui: Option<Value>,
-    targets: Vec<Target>,
-}
-
-impl Report {
-    fn target(&mut self, name: &str, value: f64, limit: f64) {
-        self.targets.push(Target {
-            name: name.to_owned(),
-            value,
-            limit,
-            pass: value < limit,
-        });
-    }
-
-    fn cost(costs: &[ProgramCost], tracer: &str, programs: &[&str]) -> Option<f64> {
-        let found: Vec<f64> = programs
-            .iter()
-            .filter_map(|p| {
-                costs
-                    .iter()
-                    .find(|c| c.tracer == tracer && c.program == *p)
-                    .map(|c| c.ns_per_run)
-            })
-            .collect();
-        (found.len() == programs.len()).then(|| found.iter().sum())
-    }
-
-    fn ratio(slowdowns: &[Slowdown], workload: &str, tracer: &str) -> Option<f64> {
-        slowdowns
-            .iter()
-            .find(|s| s.workload == workload && s.tracer == tracer)
-            .map(|s| s.ratio)
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `cargo xtask bench`.

@@ -6,8 +6,9 @@ use serde_json::Value;
 
 use super::{
     tools::{bpftool_costs, exitprof_costs, push_slowdowns},
-    *,
+    types::{BPFTRACE_VMEXIT, Report, Sizes},
 };
+use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario};
 
 /// The sandbox part: one boot, every tracer.
 pub(super) fn sandbox_bench(

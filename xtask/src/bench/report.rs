@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use anyhow::ensure;
 
-use super::Report;
+use super::types::Report;
 
 /// The targets.
 pub(super) fn targets(r: &mut Report) {

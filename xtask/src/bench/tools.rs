@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
-use super::{ProgramCost, Slowdown, median};
+use super::types::{ProgramCost, Slowdown, median};
 use crate::util::output;
 
 /// Stdout of a command that must succeed.

@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{Counts, exit_counts, ftrace_counts_script, snapshot};
+use super::common::{Counts, exit_counts, ftrace_counts_script, snapshot};
 use crate::sandbox::{Kernel, Scenario, run_scenario};
 
 /// `exitprof record --ept both` with the built-in workload: nested paging

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use super::{CPUIDS, Counts, exit_counts, ftrace_counts, ftrace_counts_script, snapshot};
+use super::common::{CPUIDS, Counts, exit_counts, ftrace_counts, ftrace_counts_script, snapshot};
 use crate::sandbox::{Kernel, Scenario, run_scenario};
 
 /// `exitprof stat -- exitprof vm --cpuid 5000` against ftrace's own count

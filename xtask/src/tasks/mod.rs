@@ -132,6 +132,8 @@ pub fn lint() -> anyhow::Result<()> {
         .args(["fmt", "--all", "--check"])
         .current_dir(&root))
     .context("rustfmt wants changes: run `cargo fmt --all`")?;
+    println!("[lint] imports run one way (ARCHITECTURE.md's codemap)");
+    crate::layers::check(&root)?;
     println!("[lint] cargo clippy (user space, all targets)");
     run(Command::new("cargo")
         .args([
