@@ -3,7 +3,7 @@ use std::time::Duration;
 
 /// The longest duration exitprof accepts: a year (and no deadline can
 /// overflow the clock).
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
 
 /// Parses a duration as `humantime` reads it (`500ms`, `5s`, `2m`,
 /// `1h 30m`), or a bare number of seconds; it must be more than zero and
