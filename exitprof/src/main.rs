@@ -1,19 +1,5 @@
-//! exitprof: why and how long KVM guests leave the guest.
-//!
-//! Data flows one way: tracepoint → eBPF program → per-CPU map → readout
-//! (`bpf/`, one [`model::Snapshot`]) → presenters (`present/`, `tui/`).
-//! ARCHITECTURE.md has the codemap and which folder may import which.
-
-mod bpf;
-mod cli;
-mod commands;
-mod guest;
-mod host;
-mod model;
-mod present;
-mod session;
-mod tui;
-mod workload;
+//! The `exitprof` command: the clap root and the dispatch to
+//! [`exitprof::commands`].
 
 use std::process::ExitCode;
 
@@ -43,23 +29,23 @@ struct Cli {
 enum Command {
     /// Count exits while COMMAND runs (or for a duration, or until
     /// Ctrl-C), then print a report.
-    Stat(commands::stat::StatArgs),
+    Stat(exitprof::commands::stat::StatArgs),
     /// Record a workload under nested and/or shadow paging into a file.
-    Record(commands::record::RecordArgs),
+    Record(exitprof::commands::record::RecordArgs),
     /// Show a recording: tables, the paging comparison, CSV, JSON, SVG.
-    Report(commands::report::ReportArgs),
+    Report(exitprof::commands::report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
-    Top(commands::top::TopArgs),
+    Top(exitprof::commands::top::TopArgs),
     /// Inside a VM: read the hypervisor's exit statistics from the CPUID
     /// leaves of a KVM with exitprof's patch.
-    Guest(commands::guest::GuestArgs),
+    Guest(exitprof::commands::guest::GuestArgs),
     /// Time snapshots of a per-vCPU map filled with KEYS synthetic keys
     /// (for `cargo xtask bench`).
     #[command(hide = true)]
-    BenchReadout(commands::bench_readout::BenchReadoutArgs),
+    BenchReadout(exitprof::commands::bench_readout::BenchReadoutArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
-    Vm(commands::vm::VmArgs),
+    Vm(exitprof::commands::vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,13 +69,13 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Stat(args) => commands::stat::main(&args),
-        Command::Record(args) => commands::record::main(&args),
-        Command::Report(args) => commands::report::main(&args),
-        Command::Top(args) => commands::top::main(&args),
-        Command::Guest(args) => commands::guest::main(&args),
-        Command::BenchReadout(args) => commands::bench_readout::main(&args),
-        Command::Vm(args) => commands::vm::main(&args),
+        Command::Stat(args) => exitprof::commands::stat::main(&args),
+        Command::Record(args) => exitprof::commands::record::main(&args),
+        Command::Report(args) => exitprof::commands::report::main(&args),
+        Command::Top(args) => exitprof::commands::top::main(&args),
+        Command::Guest(args) => exitprof::commands::guest::main(&args),
+        Command::BenchReadout(args) => exitprof::commands::bench_readout::main(&args),
+        Command::Vm(args) => exitprof::commands::vm::main(&args),
     };
     match result {
         Ok(code) => code,
