@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 /// KVM exit profiler: per-exit-reason counts and latencies from eBPF.
 #[derive(Parser, Debug)]
@@ -60,11 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // One line: what is wrong; the usage is one `--help` away.
-            let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("exitprof: {first} (see `exitprof --help`)");
+            eprintln!("exitprof: {}", usage_error(&err));
             return ExitCode::from(2);
         }
     };
@@ -83,5 +79,43 @@ fn main() -> ExitCode {
             eprintln!("exitprof: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line for a usage error: what is wrong (with the arguments clap
+/// lists on lines of their own, such as the missing ones), and which
+/// `--help` shows the usage.
+fn usage_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut what = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    let known: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        return format!(
+            "which command? one of {} (see `exitprof --help`)",
+            known.join(", ")
+        );
+    }
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        let missing: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        what = format!("{} {}", what.trim_end_matches(':'), missing.join(", "))
+            .replace("were not provided", "are missing:");
+    }
+    // The subcommand the user typed, for its own help.
+    let sub = std::env::args().skip(1).find(|a| known.contains(a));
+    match sub {
+        Some(sub) => format!("{what} (see `exitprof {sub} --help`)"),
+        None => format!("{what} (see `exitprof --help`)"),
     }
 }
