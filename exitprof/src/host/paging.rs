@@ -1,9 +1,16 @@
 //! The paging mode of the KVM vendor module: nested paging (EPT on Intel,
-//! NPT on AMD) or shadow paging, and switching it by reloading the module
-//! with `ept=`/`npt=`, every other parameter kept as it was.
-use std::{fs, path::Path, process::Command};
+//! NPT on AMD) or shadow paging; switching it reloads the module
+//! (`reload.rs`), and [`Restore`] puts the original mode back, also
+//! after exitprof was killed (`record --restore`).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
-use super::backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in};
+use super::{
+    backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in},
+    reload::Reload,
+};
 use crate::model::Backend;
 
 /// Why the paging mode cannot be switched here.
@@ -17,7 +24,35 @@ pub enum PagingError {
         "another VM is running (pid {0}): reloading the KVM module would end it; stop it or pass --force"
     )]
     VmRunning(u32),
-    /// rmmod/modprobe failed.
+    /// Reloading cannot be shown to bring the same module back.
+    #[error("cannot reload {module} safely: {why}")]
+    Unprovable {
+        /// The module.
+        module: String,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// A reload failed and loading the original failed too.
+    #[error(
+        "{module} could not be loaded again ({why}); the host has no {module} now: restore it with `{commands}`"
+    )]
+    Stranded {
+        /// The module.
+        module: String,
+        /// What failed.
+        why: String,
+        /// The shell commands that restore the host.
+        commands: String,
+    },
+    /// A restore state file is unreadable.
+    #[error("{path}: {why}")]
+    State {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// rmmod/modprobe/insmod failed.
     #[error("{command} failed: {why}")]
     Reload {
         /// The command.
@@ -81,17 +116,24 @@ pub fn switchable_in(sys_module: &Path) -> Result<VendorModule, PagingError> {
     ))
 }
 
-fn parameters_dir(m: &VendorModule) -> String {
-    format!("{SYS_MODULE}/{}/parameters", m.name)
-}
-
 /// Whether nested paging of `m` is on now.
 ///
 /// # Errors
 /// When the parameter cannot be read.
 pub fn nested(m: &VendorModule) -> Result<bool, PagingError> {
-    let path = format!("{}/{}", parameters_dir(m), m.param);
-    let value = fs::read_to_string(&path).map_err(|error| PagingError::Read { path, error })?;
+    nested_in(Path::new(SYS_MODULE), m)
+}
+
+/// As [`nested`], under `sys_module`.
+///
+/// # Errors
+/// When the parameter cannot be read.
+pub fn nested_in(sys_module: &Path, m: &VendorModule) -> Result<bool, PagingError> {
+    let path = sys_module.join(m.name).join("parameters").join(m.param);
+    let value = fs::read_to_string(&path).map_err(|error| PagingError::Read {
+        path: path.display().to_string(),
+        error,
+    })?;
     Ok(matches!(value.trim(), "Y" | "1"))
 }
 
@@ -101,80 +143,115 @@ pub fn setting(m: &VendorModule, nested: bool) -> String {
     format!("{}={}", m.param, u8::from(nested))
 }
 
-/// Reloads `m` with nested paging `nested`, every other parameter as it
-/// is now.
-///
-/// # Errors
-/// When rmmod or modprobe fails.
-pub fn reload(m: &VendorModule, nested: bool) -> Result<(), PagingError> {
-    let dir = parameters_dir(m);
-    let mut args = vec![setting(m, nested)];
-    let entries = fs::read_dir(&dir).map_err(|error| PagingError::Read {
-        path: dir.clone(),
-        error,
-    })?;
-    let mut others: Vec<(String, String)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let value = fs::read_to_string(e.path()).ok()?;
-            Some((name, value.trim().to_owned()))
-        })
-        .filter(|(name, value)| name != m.param && !value.is_empty() && !value.contains(' '))
-        .collect();
-    others.sort();
-    args.extend(others.into_iter().map(|(n, v)| format!("{n}={v}")));
-    run(Command::new("rmmod").arg(m.name))?;
-    run(Command::new("modprobe").arg(m.name).args(&args))
-}
-
-fn run(cmd: &mut Command) -> Result<(), PagingError> {
-    let command = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| PagingError::Reload {
-        command: command.clone(),
-        why: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(PagingError::Reload {
-            command,
-            why: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
+/// Where a record that switched the paging mode keeps what undoes it
+/// until it is undone (tmpfs: a reboot restores the module anyway).
+pub const STATE_FILE: &str = "/run/exitprof/paging-restore.json";
 
 /// Puts the paging mode back as it was when dropped (after a failure, on
-/// Ctrl-C, at the end).
+/// Ctrl-C, at the end). While it lives, what undoes the switch is also in
+/// [`STATE_FILE`], so that a killed exitprof can be repaired later
+/// ([`repair`]).
 pub struct Restore {
-    module: VendorModule,
-    nested: bool,
+    reload: Reload,
+    state: PathBuf,
 }
 
 impl Restore {
-    /// Remembers the current mode of `module`.
+    /// Remembers `reload`'s original mode, in memory and in the state
+    /// file.
     ///
     /// # Errors
-    /// When it cannot be read.
-    pub fn new(module: VendorModule) -> Result<Self, PagingError> {
-        let nested = nested(&module)?;
-        Ok(Self { module, nested })
+    /// When the state file cannot be written.
+    pub fn new(reload: Reload) -> Result<Self, PagingError> {
+        let state = PathBuf::from(STATE_FILE);
+        let fail = |why: String| PagingError::State {
+            path: STATE_FILE.to_owned(),
+            why,
+        };
+        if let Some(dir) = state.parent() {
+            fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let json = serde_json::to_string(&reload).map_err(|e| fail(e.to_string()))?;
+        fs::write(&state, json).map_err(|e| fail(e.to_string()))?;
+        Ok(Self { reload, state })
+    }
+
+    /// The reload it undoes.
+    #[must_use]
+    pub const fn reload(&self) -> &Reload {
+        &self.reload
     }
 }
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        if nested(&self.module).ok() != Some(self.nested) {
-            let setting = setting(&self.module, self.nested);
-            let name = self.module.name;
-            match reload(&self.module, self.nested) {
-                Ok(()) => eprintln!("exitprof: restored {name} {setting}"),
-                Err(e) => eprintln!(
-                    "exitprof: could not restore {name} {setting}: {e}; run `rmmod {name} && modprobe {name} {setting}`"
-                ),
+        match restore(&self.reload) {
+            Ok(Some(setting)) => eprintln!("exitprof: restored {} {setting}", self.reload.module),
+            Ok(None) => {}
+            Err(e) => {
+                // The state file stays: `record --restore` can retry.
+                eprintln!("exitprof: {e}");
+                return;
             }
         }
+        let _ = fs::remove_file(&self.state);
     }
+}
+
+/// Puts `reload`'s module back in its original mode: nothing when it is
+/// in it; a reload when it runs in the other; a load when it is gone.
+/// Returns the setting restored, if anything was done.
+///
+/// # Errors
+/// When the module could not be brought back (the error names the
+/// commands that do it).
+pub fn restore(reload: &Reload) -> Result<Option<String>, PagingError> {
+    let dir = Path::new(SYS_MODULE).join(&reload.module);
+    let setting = format!("{}={}", reload.param, u8::from(reload.nested));
+    if dir.exists() {
+        let path = dir.join("parameters").join(&reload.param);
+        let now = fs::read_to_string(&path).map(|v| matches!(v.trim(), "Y" | "1"));
+        if now.is_ok_and(|n| n == reload.nested) {
+            return Ok(None);
+        }
+        reload.switch(reload.nested)?;
+    } else {
+        reload.load_original()?;
+    }
+    Ok(Some(setting))
+}
+
+/// What a killed record left to undo: restores it and removes the state
+/// file. Returns what was done, for people (`None`: nothing was left).
+///
+/// # Errors
+/// When the state file is unreadable or the module cannot be restored.
+pub fn repair() -> Result<Option<String>, PagingError> {
+    let text = match fs::read_to_string(STATE_FILE) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PagingError::State {
+                path: STATE_FILE.to_owned(),
+                why: e.to_string(),
+            });
+        }
+    };
+    let reload: Reload = serde_json::from_str(&text).map_err(|e| PagingError::State {
+        path: STATE_FILE.to_owned(),
+        why: format!("not a restore state ({e}); delete it after checking the module by hand"),
+    })?;
+    let done = restore(&reload)?;
+    let _ = fs::remove_file(STATE_FILE);
+    Ok(Some(match done {
+        Some(setting) => format!("restored {} {setting}", reload.module),
+        None => format!(
+            "{} was already back in its original mode ({}={})",
+            reload.module,
+            reload.param,
+            u8::from(reload.nested)
+        ),
+    }))
 }
 
 #[cfg(test)]
