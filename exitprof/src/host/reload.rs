@@ -132,8 +132,12 @@ impl Reload {
     /// Proves that `module` (running now with its parameters under
     /// `sys_module`) can be loaded again: from `given` with insmod, or
     /// from the file modprobe resolves; that file must be the running
-    /// module (same build id), the loader and rmmod must exist, and the
-    /// file must accept every parameter that will be passed.
+    /// module (same build id), and the loader and rmmod must exist. The
+    /// parameters passed are the running module's own (its sysfs
+    /// `parameters/`, made from the `__param` table of the file the build
+    /// id matched), so the file accepts them: `parmtype=` entries cannot
+    /// show that, `module_param_cb` parameters (kvm_intel's
+    /// `vmentry_l1d_flush`) have none.
     ///
     /// # Errors
     /// [`PagingError::Unprovable`] saying why and what to do; nothing has
@@ -187,17 +191,8 @@ impl Reload {
                 }
             )));
         }
-        let accepted = accepted_parameters(&bytes);
         let params = current_parameters(&dir, module)
             .map_err(|e| refuse(format!("cannot read its parameters: {e}")))?;
-        for name in std::iter::once(module.param).chain(params.iter().map(|(n, _)| n.as_str())) {
-            if !accepted.iter().any(|a| a == name) {
-                return Err(refuse(format!(
-                    "{} does not accept the parameter {name}= that reloading passes",
-                    file.display()
-                )));
-            }
-        }
         let nested = super::paging::nested_in(sys_module, module)?;
         Ok(Self {
             module: module.name.to_owned(),
@@ -266,24 +261,6 @@ impl Reload {
             },
         }
     }
-}
-
-/// The parameters a module file accepts: its `.modinfo` section holds a
-/// `parmtype=NAME:TYPE` string for each (read from the bytes, so that
-/// neither `/lib/modules` nor a particular `modinfo` is needed).
-fn accepted_parameters(bytes: &[u8]) -> Vec<String> {
-    const KEY: &[u8] = b"parmtype=";
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        let value = &rest[at + KEY.len()..];
-        let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-        if let Some(name) = value[..end].split(|&b| b == b':').next() {
-            out.push(String::from_utf8_lossy(name).into_owned());
-        }
-        rest = &value[end..];
-    }
-    out
 }
 
 /// Every parameter of the running module but the paging one, as sysfs
@@ -406,6 +383,18 @@ mod tests {
             r.restore_commands(),
             "rmmod kvm_amd 2>/dev/null; modprobe kvm_amd npt=1 avic=N vls=Y"
         );
+        // A parameter without a parmtype= entry (module_param_cb, like
+        // kvm_intel's vmentry_l1d_flush) is the running module's all the
+        // same.
+        let untyped = Fake {
+            ko: ko(&["npt"]),
+            ..fake()
+        };
+        let r = Reload::prove(&root, &KVM_AMD, None, &untyped).unwrap();
+        assert_eq!(
+            r.load_argv(true).join(" "),
+            "modprobe kvm_amd npt=1 avic=N vls=Y"
+        );
         let given =
             Reload::prove(&root, &KVM_AMD, Some(Path::new("/opt/kvm-amd.ko")), &fake()).unwrap();
         assert_eq!(
@@ -446,14 +435,6 @@ mod tests {
         assert_eq!(
             refuse(no_insmod, Some(Path::new("/opt/kvm-amd.ko"))),
             "cannot reload kvm_amd safely: insmod is not on PATH (install kmod)"
-        );
-        let old_module = Fake {
-            ko: ko(&["npt", "avic"]),
-            ..fake()
-        };
-        assert_eq!(
-            refuse(old_module, None),
-            "cannot reload kvm_amd safely: /lib/modules/x/kvm-amd.ko does not accept the parameter vls= that reloading passes"
         );
         fs::remove_dir_all(root).unwrap();
     }
