@@ -4,7 +4,7 @@
 //! - `demo`: the main job on the built-in default workload
 //! - `lint`: rustfmt and clippy on every crate (the first step of `test`)
 //! - `test`: every test (unit, root integration, nested sandbox)
-//! - `e2e`: the nested SVM sandbox scenarios only
+//! - `e2e`: the nested sandboxes' scenarios only (SVM and VMX)
 //! - `kernel`: the patched KVM modules for the sandbox kernel
 //! - `bench`: exitprof's cost side by side with bpftrace and perf
 //! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
@@ -37,7 +37,8 @@ enum Task {
     Lint,
     /// Run every test: unit, root integration, nested sandbox.
     Test(tasks::E2eArgs),
-    /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
+    /// Run the nested sandboxes' scenarios (Debian 6.1: kvm-amd under QEMU
+    /// TCG, kvm-intel under Bochs).
     E2e(tasks::E2eArgs),
     /// Apply kernel-patch/ to Debian's linux-source-6.1 and build the
     /// patched kvm, kvm-amd and kvm-intel modules for the sandbox kernel
@@ -53,7 +54,10 @@ enum Task {
     Sandbox {
         /// The script, e.g. 'exitprof vm --cpuid 10 --json'.
         script: String,
-        /// Boot kvm-amd with npt=0 (shadow paging).
+        /// Boot the VMX sandbox (Bochs, kvm-intel) instead of the SVM one.
+        #[arg(long)]
+        vmx: bool,
+        /// Boot the vendor module with npt=0/ept=0 (shadow paging).
         #[arg(long)]
         shadow: bool,
         /// Boot the patched KVM modules of `cargo xtask kernel`.
@@ -86,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Sandbox {
             script,
+            vmx,
             shadow,
             patched,
             tools,
@@ -103,8 +108,13 @@ fn main() -> anyhow::Result<()> {
                 &exitprof,
                 &sandbox::Scenario {
                     name: "by-hand",
+                    vendor: if vmx {
+                        sandbox::Vendor::Vmx
+                    } else {
+                        sandbox::Vendor::Svm
+                    },
                     script: &script,
-                    npt: !shadow,
+                    nested_paging: !shadow,
                     timeout: std::time::Duration::from_mins(10),
                     modules: modules.as_deref(),
                     extra: if tools { sandbox::BENCH_TOOLS } else { &[] },

@@ -62,7 +62,8 @@ done
         &Scenario {
             name: "bench",
             script: &script,
-            npt: true,
+            vendor: sandbox::Vendor::Svm,
+            nested_paging: true,
             timeout: Duration::from_secs(sizes.sandbox_timeout_s),
             modules: None,
             extra: BENCH_TOOLS,

@@ -15,7 +15,7 @@ use exitprof_common::{
 };
 use serde_json::Value;
 
-use crate::sandbox::{Kernel, Results, Scenario, run_scenario};
+use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
 
 /// SVM `cpuid` exit code.
 const CPUID: u32 = 0x72;
@@ -129,7 +129,8 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
         &Scenario {
             name: "guest-cpuid-mirror",
             script: &script,
-            npt: true,
+            vendor: Vendor::Svm,
+            nested_paging: true,
             timeout: Duration::from_mins(5),
             modules: Some(modules),
             extra: &[],

@@ -1,23 +1,38 @@
-//! The sandbox scenarios and their host-side assertions.
+//! The sandbox scenarios and their host-side assertions. Each scenario is
+//! a script and the checks of what it printed, written once for both
+//! vendors; the SVM sandbox boots once per scenario, the VMX sandbox
+//! (Bochs, slower) runs them all in one boot.
 use std::{path::Path, time::Duration};
 
-use crate::sandbox::{Kernel, Scenario, run_scenario};
+use crate::sandbox::{Kernel, Scenario, Vendor, run_scenario};
 
 mod common;
 mod mirror;
 mod record;
 mod vmexit;
+mod vmx;
 
-/// Runs every scenario whose name contains `only` (all without it);
-/// returns how many ran (and passed).
-pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::Result<u64> {
+/// Runs every scenario of `vendor`'s sandbox whose name contains `only`
+/// (all without it); returns how many ran (and passed).
+///
+/// # Errors
+/// The first scenario that failed.
+pub fn run_all(
+    kernel: &Kernel,
+    exitprof: &Path,
+    vendor: Vendor,
+    only: Option<&str>,
+) -> anyhow::Result<u64> {
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
+    if vendor == Vendor::Vmx {
+        return vmx::run_all(kernel, exitprof, &wanted);
+    }
     let mut passed = 0;
-    if wanted("vmexit-ground-truth") {
+    if wanted(vmexit::NAME) {
         vmexit::vmexit_ground_truth(kernel, exitprof)?;
         passed += 1;
     }
-    if wanted("record-ept-both") {
+    if wanted(record::NAME) {
         record::record_ept_both(kernel, exitprof)?;
         passed += 1;
     }
@@ -30,8 +45,17 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
 }
 
 /// `cargo xtask demo --sandbox`: the workload in a loop and one interval
-/// of `exitprof top` in the sandbox, where the VM-exit view has rows.
-pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Result<()> {
+/// of `exitprof top` in `vendor`'s sandbox, where the VM-exit view has
+/// rows.
+///
+/// # Errors
+/// When the sandbox fails.
+pub fn demo(
+    kernel: &Kernel,
+    exitprof: &Path,
+    vendor: Vendor,
+    workload: &[&str],
+) -> anyhow::Result<()> {
     let script = format!(
         "exitprof {} > /dev/null &\nsleep 1\nexitprof top --once -d 3s > /tmp/top.out 2>&1\nkill %1\nwhile IFS= read -r l; do echo \"@@EXITPROF top $l\"; done < /tmp/top.out\n",
         workload.join(" ")
@@ -40,10 +64,11 @@ pub fn demo(kernel: &Kernel, exitprof: &Path, workload: &[&str]) -> anyhow::Resu
         kernel,
         exitprof,
         &Scenario {
-            name: "demo",
+            name: &format!("demo-{vendor}"),
+            vendor,
             script: &script,
-            npt: true,
-            timeout: Duration::from_mins(4),
+            nested_paging: true,
+            timeout: Duration::from_mins(if vendor == Vendor::Vmx { 15 } else { 4 }),
             modules: None,
             extra: &[],
             cpus: 2,

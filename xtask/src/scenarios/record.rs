@@ -4,21 +4,38 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::common::{Counts, exit_counts, ftrace_counts_script, snapshot};
-use crate::sandbox::{Kernel, Scenario, run_scenario};
+use super::common::{Counts, exit_counts, expect, ftrace_counts_script, snapshot};
+use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
 
-/// `exitprof record --ept both` with the built-in workload: nested paging
-/// shows npf exits, shadow paging none; each run's counts equal ftrace's
-/// for that run's workload pid; npt is back to 1 afterwards, also when
-/// record is killed during the shadow-paging run; the report's SVG chart
-/// parses and renders.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one boot: its script, then its assertions, read top to bottom"
-)]
+/// The scenario's name (and its section in a shared boot).
+pub(super) const NAME: &str = "record-ept-both";
+
+/// The SVM sandbox's boot of the scenario.
 pub(super) fn record_ept_both(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let script = format!(
+    let results = run_scenario(
+        kernel,
+        exitprof,
+        &Scenario {
+            name: NAME,
+            vendor: Vendor::Svm,
+            script: &script(Vendor::Svm),
+            nested_paging: true,
+            timeout: Duration::from_mins(4),
+            modules: None,
+            extra: &[],
+            cpus: 2,
+        },
+    )?;
+    check(Vendor::Svm, &results)
+}
+
+/// `exitprof record --ept both` with the built-in workload, with ftrace
+/// recording `kvm_exit` alongside; the report and its chart; then a record
+/// killed with SIGTERM during its shadow-paging run.
+pub(super) fn script(vendor: Vendor) -> String {
+    format!(
         r#"
+P=/sys/module/{module}/parameters/{param}
 T=/sys/kernel/tracing
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
@@ -27,7 +44,7 @@ timeout 120 exitprof record --ept both -o /tmp/r.json 2>/tmp/rec.err
 echo "@@EXITPROF record_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/rec.err
-echo "@@EXITPROF npt_after $(cat /sys/module/kvm_amd/parameters/npt)"
+echo "@@EXITPROF paging_after $(cat $P)"
 echo "@@EXITPROF recording $(cat /tmp/r.json)"
 {ftrace}timeout 60 exitprof report /tmp/r.json --svg /tmp/r.svg > /tmp/report.txt
 echo "@@EXITPROF summary $(tail -n 1 /tmp/report.txt)"
@@ -35,39 +52,38 @@ while IFS= read -r l; do echo "@@EXITPROF svg $l"; done < /tmp/r.svg
 exitprof record --ept both --duration 3s -o /tmp/k.json -- exitprof vm --cpuid 100 --rounds 0 --pause-ms 5 > /dev/null 2>&1 &
 REC=$!
 i=0
-while [ "$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)" != "N" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+while [ "$(cat $P 2>/dev/null)" != "N" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 sleep 1
-echo "@@EXITPROF npt_during $(cat /sys/module/kvm_amd/parameters/npt)"
+echo "@@EXITPROF paging_during $(cat $P)"
 kill -TERM $REC
 wait $REC
 echo "@@EXITPROF kill_rc $?"
-echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
+echo "@@EXITPROF paging_after_kill $(cat $P)"
 "#,
+        module = vendor.module(),
+        param = vendor.paging_param(),
         ftrace = ftrace_counts_script("", true)
-    );
-    let results = run_scenario(
-        kernel,
-        exitprof,
-        &Scenario {
-            name: "record-ept-both",
-            script: &script,
-            npt: true,
-            timeout: Duration::from_mins(4),
-            modules: None,
-            extra: &[],
-            cpus: 2,
-        },
-    )?;
+    )
+}
+
+/// The assertions on what [`script`] reported: nested paging shows its
+/// fault exits, shadow paging none but its own; each run's counts equal
+/// ftrace's for that run's workload pid; the paging parameter is back to
+/// 1 afterwards, also when record is killed during the shadow-paging run;
+/// the report's SVG chart parses and renders.
+pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
+    let param = vendor.paging_param();
+    let expect = expect(vendor);
     ensure!(
         results.get("record_rc")? == "0",
         "exitprof record failed: {:?}",
         results.all("stderr")
     );
     ensure!(
-        results.get("npt_after")? == "Y",
-        "npt was not restored to 1"
+        results.get("paging_after")? == "Y",
+        "{param} was not restored to 1"
     );
-    let recording = snapshot(&results, "recording")?;
+    let recording = snapshot(results, "recording")?;
     let runs = recording["runs"].as_array().context("runs")?;
     ensure!(runs.len() == 2, "{} runs recorded", runs.len());
     ensure!(results.get("lost")? == "0", "the ftrace buffer lost events");
@@ -83,9 +99,10 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             .or_default()
             .insert(name.to_owned(), n.parse()?);
     }
-    for (run, (mode, paging)) in runs.iter().zip([("nested", "npt=1"), ("shadow", "npt=0")]) {
+    for (run, mode) in runs.iter().zip(["nested", "shadow"]) {
+        let paging = format!("{param}={}", u8::from(mode == "nested"));
         ensure!(
-            run["mode"] == mode && run["paging"] == paging,
+            run["mode"] == mode && run["paging"] == paging.as_str(),
             "run {} {}",
             run["mode"],
             run["paging"]
@@ -104,26 +121,32 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
             ours == theirs,
             "{mode}: exitprof {ours:?} != ftrace {theirs:?}"
         );
-        let npf = ours.get("npf").copied().unwrap_or(0);
+        let fault = expect.nested_fault;
+        let faults = ours.get(fault).copied().unwrap_or(0);
         if mode == "nested" {
-            ensure!(npf > 0, "nested paging shows no npf exits");
+            ensure!(faults > 0, "nested paging shows no {fault} exits");
         } else {
-            ensure!(npf == 0, "shadow paging shows {npf} npf exits");
+            ensure!(faults == 0, "shadow paging shows {faults} {fault} exits");
+            for &(name, count) in expect.shadow {
+                ensure!(
+                    ours.get(name) == Some(&count),
+                    "shadow paging: {name} {:?} (expected {count})",
+                    ours.get(name)
+                );
+            }
             ensure!(
-                ours.get("write_cr3") == Some(&200),
-                "write_cr3 {:?}",
-                ours.get("write_cr3")
+                ours.get(expect.shadow_fault).is_some_and(|&n| n > 0),
+                "shadow paging shows no {} exits",
+                expect.shadow_fault
             );
-            ensure!(
-                ours.get("invlpg") == Some(&200),
-                "invlpg {:?}",
-                ours.get("invlpg")
-            );
+        }
+        for (name, count) in &ours {
+            println!("[e2e] {mode:<6} {name:<28} {count:>8}");
         }
     }
     println!("[e2e] {}", results.get("summary")?);
     ensure!(
-        results.get("npt_during")? == "N",
+        results.get("paging_during")? == "N",
         "the killed record never reached shadow paging"
     );
     ensure!(
@@ -132,13 +155,14 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
         results.get("kill_rc")?
     );
     ensure!(
-        results.get("npt_after_kill")? == "Y",
-        "killing record left npt at {}",
-        results.get("npt_after_kill")?
+        results.get("paging_after_kill")? == "Y",
+        "killing record left {param} at {}",
+        results.get("paging_after_kill")?
     );
-    check_svg(&results.all("svg").join("\n"))?;
+    check_svg(vendor, &results.all("svg").join("\n"))?;
     println!(
-        "[e2e] record-ept-both: PASS (npf only with NPT, counts equal ftrace per run, npt restored also after SIGTERM)"
+        "[e2e] {vendor} {NAME}: PASS ({} only with nested paging, counts equal ftrace per run, {param} restored also after SIGTERM)",
+        expect.nested_fault
     );
     Ok(())
 }
@@ -146,7 +170,7 @@ echo "@@EXITPROF npt_after_kill $(cat /sys/module/kvm_amd/parameters/npt)"
 /// The report's chart: one bar per reason and run (plotters fills each
 /// run's bars, and its legend swatch, with the run's colour), the reason
 /// names and the legend as text, and it renders to a PNG.
-fn check_svg(svg: &str) -> anyhow::Result<()> {
+fn check_svg(vendor: Vendor, svg: &str) -> anyhow::Result<()> {
     ensure!(
         svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"),
         "not an SVG document"
@@ -162,17 +186,21 @@ fn check_svg(svg: &str) -> anyhow::Result<()> {
         nested > 1 && nested == shadow,
         "{nested} nested and {shadow} shadow bars (each with its legend swatch)"
     );
+    let expect = expect(vendor);
     for text in [
-        "npf",
-        "write_cr3",
-        "PF excp",
+        expect.nested_fault,
+        expect.shadow[0].0,
+        expect.shadow_fault,
         "nested paging",
         "shadow paging",
     ] {
         ensure!(texts.contains(&text), "the chart has no text {text:?}");
     }
     let dir = crate::sandbox::sandbox_dir();
-    let (svg_path, png_path) = (dir.join("report.svg"), dir.join("report.png"));
+    let (svg_path, png_path) = (
+        dir.join(format!("report-{vendor}.svg")),
+        dir.join(format!("report-{vendor}.png")),
+    );
     std::fs::write(&svg_path, svg)?;
     crate::util::run(
         std::process::Command::new("rsvg-convert")

@@ -5,19 +5,41 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use super::common::{CPUIDS, Counts, exit_counts, ftrace_counts, ftrace_counts_script, snapshot};
-use crate::sandbox::{Kernel, Scenario, run_scenario};
+use super::common::{
+    CPUIDS, Counts, exit_counts, expect, ftrace_counts, ftrace_counts_script, snapshot,
+};
+use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
+
+/// The scenario's name (and its section in a shared boot).
+pub(super) const NAME: &str = "vmexit-ground-truth";
+
+/// The SVM sandbox's boot of the scenario.
+pub(super) fn vmexit_ground_truth(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
+    let results = run_scenario(
+        kernel,
+        exitprof,
+        &Scenario {
+            name: NAME,
+            vendor: Vendor::Svm,
+            script: &script(Vendor::Svm),
+            nested_paging: true,
+            timeout: Duration::from_mins(4),
+            modules: None,
+            extra: &[],
+            cpus: 2,
+        },
+    )?;
+    check(Vendor::Svm, &results)
+}
 
 /// `exitprof stat -- exitprof vm --cpuid 5000` against ftrace's own count
-/// of `kvm_exit` by reason, in the same boot and the same interval.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one boot: its script, then its assertions, read top to bottom"
-)]
-pub(super) fn vmexit_ground_truth(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let script = format!(
+/// of `kvm_exit` by reason, in the same boot and the same interval, in
+/// raw and in classic mode; then the table of a mixed workload.
+pub(super) fn script(vendor: Vendor) -> String {
+    format!(
         r#"
 T=/sys/kernel/tracing
+echo "@@EXITPROF nested_paging $(cat /sys/module/{module}/parameters/{param})"
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
@@ -39,35 +61,33 @@ while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 "#,
+        module = vendor.module(),
+        param = vendor.paging_param(),
         ftrace = ftrace_counts_script("", false),
         classic_ftrace = ftrace_counts_script("classic_", false),
-    );
-    let results = run_scenario(
-        kernel,
-        exitprof,
-        &Scenario {
-            name: "vmexit-ground-truth",
-            script: &script,
-            npt: true,
-            timeout: Duration::from_mins(4),
-            modules: None,
-            extra: &[],
-            cpus: 2,
-        },
-    )?;
+    )
+}
+
+/// The assertions on what [`script`] reported.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario's assertions, read top to bottom"
+)]
+pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
+    let (module, param) = (vendor.module(), vendor.paging_param());
     ensure!(
-        results.get("npt")? == "Y",
-        "kvm-amd did not come up with npt=1"
+        results.get("nested_paging")? == "Y",
+        "{module} did not come up with {param}=1"
     );
-    let snap = snapshot(&results, "stat")?;
+    let snap = snapshot(results, "stat")?;
     ensure!(
         results.get("stat_rc")? == "0",
         "exitprof stat failed: {:?}",
         results.all("stderr")
     );
     ensure!(
-        snap["backend"] == "svm",
-        "backend {} (expected svm)",
+        snap["backend"] == vendor.isa(),
+        "backend {} (expected {vendor})",
         snap["backend"]
     );
     ensure!(
@@ -81,7 +101,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         snap["attach_note"]
     );
     let ours = exit_counts(&snap);
-    let truth = ftrace_counts(&results, "")?;
+    let truth = ftrace_counts(results, "")?;
     println!("[e2e] {:<28} {:>10} {:>10}", "reason", "exitprof", "ftrace");
     for name in ours
         .keys()
@@ -95,13 +115,18 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
             truth.get(name).copied().unwrap_or(0)
         );
     }
+    let (code, name) = expect(vendor).cpuid;
     let cpuid = snap["exits"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|r| r["isa"] == "svm" && r["reason"] == 0x72 && r.get("pid").is_none())
-        .context("no svm cpuid (0x72) row")?;
-    ensure!(cpuid["name"] == "cpuid", "0x72 is named {}", cpuid["name"]);
+        .find(|r| r["isa"] == vendor.isa() && r["reason"] == code && r.get("pid").is_none())
+        .with_context(|| format!("no {vendor} {name} ({code:#x}) row"))?;
+    ensure!(
+        cpuid["name"] == name,
+        "{code:#x} is named {} (the kernel: {name})",
+        cpuid["name"]
+    );
     ensure!(
         cpuid["count"] == CPUIDS,
         "cpuid count {} (expected exactly {CPUIDS})",
@@ -142,7 +167,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
     }
     // The per-(process, vCPU) breakdown repeats the same exits: one VM,
     // one vCPU (0), the workload's pid.
-    let vm = snapshot(&results, "vm")?;
+    let vm = snapshot(results, "vm")?;
     let mut by_vcpu = Counts::new();
     for row in snap["exits"]
         .as_array()
@@ -172,23 +197,23 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         "exitprof stat --attach classic failed: {:?}",
         results.all("classic_stderr")
     );
-    let classic = snapshot(&results, "classic")?;
+    let classic = snapshot(results, "classic")?;
     ensure!(
         classic["attach_mode"] == "classic",
         "--attach classic ran in mode {}",
         classic["attach_mode"]
     );
     let classic_counts = exit_counts(&classic);
-    let classic_truth = ftrace_counts(&results, "classic_")?;
+    let classic_truth = ftrace_counts(results, "classic_")?;
     ensure!(
         classic_counts == classic_truth,
         "classic mode: exitprof {classic_counts:?} != ftrace {classic_truth:?}"
     );
     ensure!(
-        classic_counts.get("cpuid") == ours.get("cpuid"),
-        "cpuid: classic {:?}, raw {:?}",
-        classic_counts.get("cpuid"),
-        ours.get("cpuid")
+        classic_counts.get(name) == ours.get(name),
+        "{name}: classic {:?}, raw {:?}",
+        classic_counts.get(name),
+        ours.get(name)
     );
     println!("[e2e] classic mode: {classic_counts:?} (equal to ftrace)");
     ensure!(
@@ -200,7 +225,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         println!("[e2e] | {line}");
     }
     println!(
-        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
+        "[e2e] {vendor} {NAME}: PASS ({name} exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
     );
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::{path::Path, process::Command};
 use anyhow::Context as _;
 
 use crate::{
-    sandbox, scenarios,
+    sandbox::{self, Vendor},
+    scenarios,
     util::{build_release, run, workspace_root},
 };
 use setup::setup;
@@ -18,6 +19,18 @@ pub struct E2eArgs {
     /// Run only the scenarios whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
+    /// Run only this sandbox's scenarios (both without it): svm (QEMU,
+    /// kvm-amd) or vmx (Bochs, kvm-intel).
+    #[arg(long, value_enum)]
+    pub sandbox: Option<Vendor>,
+}
+
+impl E2eArgs {
+    /// The sandboxes to run.
+    fn vendors(&self) -> Vec<Vendor> {
+        self.sandbox
+            .map_or_else(|| Vendor::ALL.to_vec(), |v| vec![v])
+    }
 }
 
 /// The built-in default workload: the workload VM's mix, in a loop.
@@ -42,10 +55,11 @@ pub const DEMO_WORKLOAD: &[&str] = &[
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Run the demo inside the nested SVM sandbox, where `kvm_exit` fires
-    /// (this host's KVM may not emit it, e.g. PVM).
-    #[arg(long)]
-    pub sandbox: bool,
+    /// Run the demo inside a nested sandbox, where `kvm_exit` fires (this
+    /// host's KVM may not emit it, e.g. PVM): svm (the default, QEMU,
+    /// kvm-amd) or vmx (Bochs, kvm-intel: VMX reason names).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "svm")]
+    pub sandbox: Option<Vendor>,
 }
 
 /// `cargo xtask demo`: `exitprof top` on the built-in workload VM (live
@@ -55,10 +69,10 @@ pub struct DemoArgs {
 /// When setup, the build or the demo run fails.
 pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     setup()?;
-    if args.sandbox {
+    if let Some(vendor) = args.sandbox {
         let kernel = sandbox::fetch_kernel()?;
         let exitprof = build_release()?;
-        return scenarios::demo(&kernel, &exitprof, DEMO_WORKLOAD);
+        return scenarios::demo(&kernel, &exitprof, vendor, DEMO_WORKLOAD);
     }
     let exitprof = build_release()?;
     println!("[demo] exitprof {} &", DEMO_WORKLOAD.join(" "));
@@ -79,7 +93,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let _ = workload.wait();
     if !interactive {
         println!(
-            "[demo] the vmexit view needs kvm_exit: `cargo xtask demo --sandbox` shows it from the nested SVM sandbox"
+            "[demo] the vmexit view needs kvm_exit: `cargo xtask demo --sandbox [svm|vmx]` shows it from a nested sandbox"
         );
     }
     result.context("the demo failed: see exitprof's message above")
@@ -105,8 +119,17 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
     tally.count("cargo test", cargo_test(&root, &[], &[]));
     println!("[test] unit tests in a copy of the repository with nothing beside it");
     tally.count("isolated unit tests", isolated_unit_tests(&root));
-    println!("[test] nested SVM sandbox");
-    tally.each("sandbox scenarios", e2e(args));
+    for vendor in args.vendors() {
+        println!(
+            "[test] nested {} sandbox ({})",
+            vendor.isa().to_uppercase(),
+            vendor.emulator()
+        );
+        tally.each(
+            &format!("{vendor} sandbox scenarios"),
+            e2e_one(args, vendor),
+        );
+    }
     if args.only.is_none() {
         // The bench with small counts, so that it cannot rot (its numbers
         // are not judged here).
@@ -304,9 +327,29 @@ fn isolated_unit_tests(root: &Path) -> anyhow::Result<(u64, u64)> {
     result
 }
 
-/// `cargo xtask e2e`: every scenario; returns how many passed.
+/// `cargo xtask e2e`: every scenario of the chosen sandboxes; returns how
+/// many passed.
+///
+/// # Errors
+/// The first failure (after every sandbox ran).
 pub fn e2e(args: &E2eArgs) -> anyhow::Result<u64> {
+    let mut passed = 0;
+    let mut first_error = None;
+    for vendor in args.vendors() {
+        match e2e_one(args, vendor) {
+            Ok(n) => passed += n,
+            Err(e) => {
+                println!("[e2e] {vendor} sandbox: FAIL: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(passed), Err)
+}
+
+/// One sandbox's scenarios.
+fn e2e_one(args: &E2eArgs, vendor: Vendor) -> anyhow::Result<u64> {
     let kernel = sandbox::fetch_kernel()?;
     let exitprof = build_release()?;
-    scenarios::run_all(&kernel, &exitprof, args.only.as_deref())
+    scenarios::run_all(&kernel, &exitprof, vendor, args.only.as_deref())
 }

@@ -18,6 +18,20 @@ const PACKAGES: &[(&str, &str)] = &[
         "qemu-system-x86",
         "the nested SVM sandbox (cargo xtask e2e)",
     ),
+    (
+        "bochs",
+        "the nested VMX sandbox: Bochs emulates VMX (cargo xtask e2e --sandbox vmx)",
+    ),
+    ("bochsbios", "the VMX sandbox's BIOS"),
+    ("vgabios", "the VMX sandbox's VGA BIOS"),
+    (
+        "bochs-term",
+        "the VMX sandbox's headless display (Debian's Bochs has no nogui)",
+    ),
+    (
+        "binutils",
+        "assembling the VMX sandbox's boot loader (as, ld)",
+    ),
     ("busybox-static", "the sandbox's initramfs"),
     ("cpio", "packing the sandbox's initramfs"),
     ("bpftool", "tests check that programs are detached"),

@@ -1,0 +1,79 @@
+//! The SVM sandbox's emulator: QEMU TCG with `-cpu qemu64,+svm,+npt`,
+//! booting the Debian kernel directly (`-kernel`, `-initrd`), the serial
+//! console into the log file; the guest powers off at the end.
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+
+use super::{
+    debian::Kernel,
+    initramfs::{self, Signatures},
+    scenario::{BootTimes, Scenario, Stalled, sandbox_dir, tail},
+};
+
+/// Boots `scenario`; the serial console goes to `log`.
+pub fn boot(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+    log: &Path,
+) -> anyhow::Result<BootTimes> {
+    let started = Instant::now();
+    let root = initramfs::root(kernel, exitprof, scenario, Signatures::Keep)?;
+    let initramfs = sandbox_dir().join(format!("{}.initramfs.gz", scenario.name));
+    initramfs::pack(&root, &initramfs, true)?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "qemu64,+svm,+npt",
+        "-m",
+        "1024",
+        "-smp",
+    ])
+    .arg(scenario.cpus.to_string())
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(&initramfs)
+    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > scenario.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Stalled(format!(
+                "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
+                scenario.name,
+                scenario.timeout,
+                log.display(),
+                tail(log)
+            ))
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(
+        status.success(),
+        "QEMU failed ({status}); serial log {}:\n{}",
+        log.display(),
+        tail(log)
+    );
+    Ok(BootTimes {
+        booted_s: None,
+        cpu_s: None,
+    })
+}

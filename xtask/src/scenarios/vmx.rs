@@ -1,0 +1,100 @@
+//! The VMX sandbox's scenarios: `vmexit-ground-truth` and
+//! `record-ept-both` (the same scripts and checks as on SVM, with VMX's
+//! reason names) in one boot of Bochs, each in its own section of the
+//! results.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, ensure};
+
+use super::{record, vmexit};
+use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario, sections};
+
+/// The longest the boot may take before it counts as stalled: about 4
+/// minutes of wall time on a quiet 2-core machine, and these machines are
+/// shared.
+const TIMEOUT: Duration = Duration::from_mins(20);
+
+/// A scenario of the shared boot: its name, script and checks.
+struct Part {
+    name: &'static str,
+    script: fn(Vendor) -> String,
+    check: fn(Vendor, &Results) -> anyhow::Result<()>,
+}
+
+const PARTS: [Part; 2] = [
+    Part {
+        name: vmexit::NAME,
+        script: vmexit::script,
+        check: vmexit::check,
+    },
+    Part {
+        name: record::NAME,
+        script: record::script,
+        check: record::check,
+    },
+];
+
+/// Runs the wanted scenarios in one boot; returns how many passed.
+///
+/// # Errors
+/// When the boot fails, or with the first failed scenario (after the
+/// others have been checked and printed).
+pub(super) fn run_all(
+    kernel: &Kernel,
+    exitprof: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<u64> {
+    let parts: Vec<&Part> = PARTS.iter().filter(|p| wanted(p.name)).collect();
+    if parts.is_empty() {
+        return Ok(0);
+    }
+    let scripts: Vec<(&str, String)> = parts
+        .iter()
+        .map(|p| (p.name, (p.script)(Vendor::Vmx)))
+        .collect();
+    let script = sections(
+        &scripts
+            .iter()
+            .map(|(name, s)| (*name, s.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let results = run_scenario(
+        kernel,
+        exitprof,
+        &Scenario {
+            name: "vmx",
+            vendor: Vendor::Vmx,
+            script: &script,
+            nested_paging: true,
+            timeout: TIMEOUT,
+            modules: None,
+            extra: &[],
+            cpus: 1,
+        },
+    )?;
+    let mut first_error = None;
+    let mut passed = 0;
+    for part in parts {
+        let section = results.section(part.name);
+        let outcome = (|| {
+            ensure!(
+                !section.values.is_empty(),
+                "the boot never reached it (see {})",
+                results.log.display()
+            );
+            (part.check)(Vendor::Vmx, &section)
+        })()
+        .with_context(|| format!("vmx {}", part.name));
+        match outcome {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                println!("[e2e] vmx {}: FAIL: {e:#}", part.name);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(passed),
+    }
+}
