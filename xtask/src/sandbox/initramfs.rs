@@ -77,7 +77,8 @@ fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
 
 /// `/init`: mounts, the vendor module with the scenario's paging mode,
 /// the scenario, and `@@EXITPROF exit <status>` as the last line (the
-/// Bochs backend stops the emulator when it reads it).
+/// Bochs backend stops the emulator when it reads it; QEMU's ends at the
+/// power-off).
 fn init_script(vendor: Vendor, nested_paging: bool) -> String {
     let (module, param) = (vendor.module(), vendor.paging_param());
     format!(
@@ -95,6 +96,14 @@ echo \"@@EXITPROF nested_paging $(cat /sys/module/{module}/parameters/{param} 2>
 echo \"@@EXITPROF kvm $(ls /dev/kvm 2>&1)\"
 sh /scenario.sh
 echo \"@@EXITPROF exit $?\"
+# Power off once the UART has sent what the console holds (its tx count
+# stands still): Bochs times the UART, and power-off drops the rest.
+i=0
+while [ $i -lt 100 ]; do
+  tx=$(grep -o 'tx:[0-9]*' /proc/tty/driver/serial | head -n 1)
+  [ \"$tx\" = \"$last\" ] && break
+  last=$tx; i=$((i+1)); sleep 0.1
+done
 poweroff -f
 ",
         on = u8::from(nested_paging)
@@ -199,9 +208,7 @@ mod tests {
         assert!(vmx.contains("modprobe kvm_intel ept=0\n"));
         assert!(vmx.contains("/sys/module/kvm_intel/parameters/ept"));
         assert!(init_script(Vendor::Svm, true).contains("modprobe kvm_amd npt=1\n"));
-        assert!(
-            vmx.trim_end()
-                .ends_with("echo \"@@EXITPROF exit $?\"\npoweroff -f")
-        );
+        assert!(vmx.contains("echo \"@@EXITPROF exit $?\"\n"));
+        assert!(vmx.trim_end().ends_with("done\npoweroff -f"));
     }
 }
