@@ -7,10 +7,10 @@
 //! - host (real CPU, PVM backend: handler events only): per-event program
 //!   cost from the kernel's BPF statistics, and the slowdown of a CPUID
 //!   storm under exitprof (raw, classic) and bpftrace;
-//! - sandbox (nested SVM under QEMU TCG: inflated, compare only ratios):
-//!   per-event cost of `kvm_exit`/`kvm_entry` in both modes and
-//!   bpftrace's, and the slowdown of a CPUID storm and an I/O storm under
-//!   every tracer, all in one boot;
+//! - sandboxes (nested SVM under QEMU TCG, nested VMX under Bochs:
+//!   inflated, compare only ratios): per-event cost of
+//!   `kvm_exit`/`kvm_entry` in both modes and bpftrace's, and the slowdown
+//!   of a CPUID storm and an I/O storm under every tracer, one boot each;
 //! - readout: one snapshot with 10, 1 000 and 10 000 keys;
 //! - TUI: CPU share and RSS of `exitprof top` with 64 vCPUs x 30 reasons.
 use std::{fs, process::Command};
@@ -25,7 +25,10 @@ mod types;
 
 use types::{FULL, Report, SMOKE};
 
-use crate::util::{build_release, workspace_root};
+use crate::{
+    sandbox::Vendor,
+    util::{build_release, workspace_root},
+};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args, Default)]
@@ -64,8 +67,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
     report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
-    println!("[bench] sandbox (one boot)");
-    nested::sandbox_bench(&exitprof, &sizes, &mut report)?;
+    println!("[bench] SVM sandbox (one boot of QEMU TCG)");
+    nested::sandbox_bench(&exitprof, Vendor::Svm, &sizes.svm, &mut report)?;
+    println!("[bench] VMX sandbox (one boot of Bochs)");
+    nested::sandbox_bench(&exitprof, Vendor::Vmx, &sizes.vmx, &mut report)?;
     report::targets(&mut report);
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;

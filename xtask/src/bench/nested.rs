@@ -1,4 +1,5 @@
-//! The sandbox part: one boot of the nested SVM sandbox, every tracer.
+//! The sandbox part: one boot of each nested sandbox (SVM under QEMU TCG,
+//! VMX under Bochs), every tracer.
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
@@ -6,27 +7,46 @@ use serde_json::Value;
 
 use super::{
     tools::{bpftool_costs, exitprof_costs, push_slowdowns},
-    types::{BPFTRACE_VMEXIT, Report, Sizes},
+    types::{BPFTRACE_VMEXIT, Nested, Report},
 };
-use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario};
+use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario, Vendor};
 
-/// The sandbox part: one boot, every tracer.
+/// The tracers each sandbox compares (perf kvm stat only on SVM: under
+/// Bochs its recording would take longer than the rest of the bench).
+fn tracers(vendor: Vendor) -> &'static [&'static str] {
+    match vendor {
+        Vendor::Svm => &[
+            "none",
+            "exitprof-raw",
+            "exitprof-classic",
+            "bpftrace",
+            "perf",
+        ],
+        Vendor::Vmx => &["none", "exitprof-raw", "exitprof-classic", "bpftrace"],
+    }
+}
+
+/// The sandbox part: one boot of `vendor`'s sandbox, every tracer; its
+/// figures go to the report's `sandbox_*` (SVM) or `vmx_*` lists.
 pub(super) fn sandbox_bench(
     exitprof: &Path,
-    sizes: &Sizes,
+    vendor: Vendor,
+    sizes: &Nested,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let kernel = sandbox::fetch_kernel()?;
-    let cpuid = sizes.sandbox_cpuid;
-    let pio = sizes.sandbox_pio;
-    let rounds = sizes.sandbox_rounds;
+    let cpuid = sizes.cpuid;
+    let pio = sizes.pio;
+    let rounds = sizes.rounds;
+    let tracers = tracers(vendor);
+    let tracer_list = tracers.join(" ");
     let script = format!(
         r#"
 T() {{ sed 's/.*"duration_ns":\([0-9]*\).*/\1/'; }}
 CPUID="exitprof vm --json --cpuid {cpuid}"
 IO="exitprof vm --json --pio {pio}"
 BT='{BPFTRACE_VMEXIT}'
-wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; }}
+wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done; }}
 # Per-event cost: exitprof's own statistics in each mode, bpftrace's from bpftool.
 for mode in raw classic; do
   timeout 300 exitprof stat --cost --json --attach $mode -- $CPUID > /tmp/cost.out 2>/dev/null
@@ -41,7 +61,7 @@ kill -INT $!; wait $!
 echo 0 > /proc/sys/kernel/bpf_stats_enabled
 # Slowdown: every tracer, interleaved, {rounds} round(s).
 for r in $(seq {rounds}); do
-  for tracer in none exitprof-raw exitprof-classic bpftrace perf; do
+  for tracer in {tracer_list}; do
     case $tracer in
       none) PID= ;;
       exitprof-raw) exitprof stat --attach raw --duration 10m > /dev/null 2>&1 & PID=$!; wait_prog kvm_exit_raw ;;
@@ -56,44 +76,44 @@ for r in $(seq {rounds}); do
 done
 "#
     );
+    let (name, extra): (&str, &[(&str, &str)]) = match vendor {
+        Vendor::Svm => ("bench", BENCH_TOOLS),
+        // bpftrace and bpftool, not perf.
+        Vendor::Vmx => ("bench-vmx", &BENCH_TOOLS[..2]),
+    };
     let results = sandbox::run_scenario(
         &kernel,
         exitprof,
         &Scenario {
-            name: "bench",
+            name,
+            vendor,
             script: &script,
-            vendor: sandbox::Vendor::Svm,
             nested_paging: true,
-            timeout: Duration::from_secs(sizes.sandbox_timeout_s),
+            timeout: Duration::from_secs(sizes.timeout_s),
             modules: None,
-            extra: BENCH_TOOLS,
+            extra,
             cpus: 1,
         },
     )?;
+    let (costs, slowdowns) = match vendor {
+        Vendor::Svm => (&mut report.sandbox_cost, &mut report.sandbox_slowdown),
+        Vendor::Vmx => (&mut report.vmx_cost, &mut report.vmx_slowdown),
+    };
     for mode in ["raw", "classic"] {
         let snapshot: Value = serde_json::from_str(results.get(&format!("cost_{mode}"))?)
             .with_context(|| format!("exitprof stat --attach {mode} printed no JSON"))?;
-        report
-            .sandbox_cost
-            .extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
+        costs.extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
     }
     let programs: Value = serde_json::from_str(results.get("cost_bpftrace")?)
         .context("bpftool printed no JSON in the sandbox")?;
-    report.sandbox_cost.extend(bpftool_costs(
+    costs.extend(bpftool_costs(
         programs.as_array().map_or(&[][..], Vec::as_slice),
         "bpftrace",
         &["kvm_exit", "kvm_entry"],
     ));
-    let tracers = [
-        "none",
-        "exitprof-raw",
-        "exitprof-classic",
-        "bpftrace",
-        "perf",
-    ];
     for workload in ["cpuid-storm", "io-storm"] {
-        let times = sandbox_times(&results, workload, &tracers)?;
-        push_slowdowns(&mut report.sandbox_slowdown, workload, &tracers, times);
+        let times = sandbox_times(&results, workload, tracers)?;
+        push_slowdowns(slowdowns, workload, tracers, times);
     }
     Ok(())
 }

@@ -6,36 +6,61 @@ use serde_json::Value;
 pub(super) struct Sizes {
     pub(super) host_cpuid: u32,
     pub(super) host_rounds: usize,
-    pub(super) sandbox_cpuid: u32,
-    pub(super) sandbox_pio: u32,
-    pub(super) sandbox_rounds: usize,
+    /// The SVM sandbox (QEMU TCG).
+    pub(super) svm: Nested,
+    /// The VMX sandbox (Bochs: slower, and bpftrace's LLVM takes about
+    /// 25 s of its CPU to start, so smaller).
+    pub(super) vmx: Nested,
     pub(super) readout_repeat: u32,
     pub(super) tui_seconds: u64,
+}
+
+/// The workloads of one nested sandbox.
+pub(super) struct Nested {
+    pub(super) cpuid: u32,
+    pub(super) pio: u32,
+    pub(super) rounds: usize,
     /// Longest the sandbox boot may take before it counts as a stall of
-    /// the TCG emulation (and is retried once).
-    pub(super) sandbox_timeout_s: u64,
+    /// the emulation (and is retried once).
+    pub(super) timeout_s: u64,
 }
 
 pub(super) const FULL: Sizes = Sizes {
     host_cpuid: 200_000,
     host_rounds: 5,
-    sandbox_cpuid: 10_000,
-    sandbox_pio: 2_000,
-    sandbox_rounds: 5,
+    svm: Nested {
+        cpuid: 10_000,
+        pio: 2_000,
+        rounds: 5,
+        timeout_s: 1800,
+    },
+    vmx: Nested {
+        cpuid: 2_000,
+        pio: 500,
+        rounds: 3,
+        timeout_s: 3600,
+    },
     readout_repeat: 20,
     tui_seconds: 60,
-    sandbox_timeout_s: 1800,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
     host_cpuid: 2_000,
     host_rounds: 1,
-    sandbox_cpuid: 500,
-    sandbox_pio: 100,
-    sandbox_rounds: 1,
+    svm: Nested {
+        cpuid: 500,
+        pio: 100,
+        rounds: 1,
+        timeout_s: 300,
+    },
+    vmx: Nested {
+        cpuid: 300,
+        pio: 50,
+        rounds: 1,
+        timeout_s: 1200,
+    },
     readout_repeat: 3,
     tui_seconds: 5,
-    sandbox_timeout_s: 300,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
@@ -85,8 +110,12 @@ pub(super) struct Report {
     pub(super) smoke: bool,
     pub(super) host_cost: Vec<ProgramCost>,
     pub(super) host_slowdown: Vec<Slowdown>,
+    /// The SVM sandbox's.
     pub(super) sandbox_cost: Vec<ProgramCost>,
     pub(super) sandbox_slowdown: Vec<Slowdown>,
+    /// The VMX sandbox's.
+    pub(super) vmx_cost: Vec<ProgramCost>,
+    pub(super) vmx_slowdown: Vec<Slowdown>,
     pub(super) readout: Vec<Value>,
     pub(super) tui: Option<Value>,
     pub(super) targets: Vec<Target>,
