@@ -2,7 +2,7 @@
 //! snapshots as counts by reason name.
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
 use crate::sandbox::{Results, Vendor};
@@ -13,26 +13,90 @@ pub type Counts = BTreeMap<String, u64>;
 /// CPUIDs of the vmexit scenario's workload.
 pub const CPUIDS: u64 = 5000;
 
+/// What ftrace's counts are keyed by, besides the reason.
+#[derive(Clone, Copy)]
+pub enum By {
+    /// The process that ran the vCPU (its thread's pid, as ftrace shows it).
+    Pid,
+    /// `kvm_exit`'s vCPU id.
+    Vcpu,
+}
+
 /// Shell lines that print the `kvm_exit` records ftrace holds, counted by
-/// reason name, as `@@EXITPROF <prefix>ftrace <count> <name>` (names may
-/// contain spaces: `PF excp`), or with `by_pid` as `<count> <pid> <name>`,
-/// plus whether the trace buffer lost events (`<prefix>lost`).
+/// pid or vCPU and reason name, as `@@EXITPROF <prefix>ftrace <count>
+/// <pid|vcpu> <name>` (names may contain spaces: `PF excp`), plus whether
+/// the trace buffer lost events (`<prefix>lost`).
 ///
 /// The `sed` expressions have no groups: busybox's `sed` with a group
 /// and leading `.*` took 14 s of Bochs's CPU for 5,000 records, these 3 s.
-pub fn ftrace_counts_script(prefix: &str, by_pid: bool) -> String {
-    let pid = if by_pid {
-        r"s/^ *[^ ]*-//;s/ .* reason / /"
-    } else {
-        r"s/.* reason //"
+pub fn ftrace_counts_script(prefix: &str, by: By) -> String {
+    let key = match by {
+        By::Pid => r"s/^ *[^ ]*-//;s/ .* reason / /",
+        By::Vcpu => r"s/.* kvm_exit: vcpu //;s/ reason / /",
     };
     format!(
         r#"
 echo "@@EXITPROF {prefix}lost $(grep -c LOST /sys/kernel/tracing/trace)"
-sed -n '/ kvm_exit: /{{s/ rip .*//;{pid};p}}' /sys/kernel/tracing/trace | sort | uniq -c |
+sed -n '/ kvm_exit: /{{s/ rip .*//;{key};p}}' /sys/kernel/tracing/trace | sort | uniq -c |
   while read -r n rest; do echo "@@EXITPROF {prefix}ftrace $n $rest"; done
 "#
     )
+}
+
+/// Counts by pid or vCPU (see [`By`]), then by reason name.
+pub type CountsBy = BTreeMap<u64, Counts>;
+
+/// ftrace's counts reported under `<prefix>ftrace` (`<prefix>lost`).
+///
+/// # Errors
+/// When the buffer lost events (no ground truth then) or a line is bad.
+pub fn ftrace_counts(results: &Results, prefix: &str) -> anyhow::Result<CountsBy> {
+    ensure!(
+        results.get(&format!("{prefix}lost"))? == "0",
+        "the ftrace buffer lost events: no ground truth"
+    );
+    let mut by = CountsBy::new();
+    for line in results.all(&format!("{prefix}ftrace")) {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(n), Some(key), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("bad ftrace line {line:?}");
+        };
+        by.entry(key.parse()?)
+            .or_default()
+            .insert(name.to_owned(), n.parse()?);
+    }
+    Ok(by)
+}
+
+/// The counts by reason name over every pid or vCPU.
+pub fn total(by: &CountsBy) -> Counts {
+    let mut total = Counts::new();
+    for (name, n) in by.values().flatten() {
+        *total.entry(name.clone()).or_default() += n;
+    }
+    total
+}
+
+/// The per-(process, vCPU) rows of an exitprof JSON snapshot
+/// (`--by-vcpu`), by vCPU then reason name, and the pids they name.
+pub fn exit_counts_by_vcpu(snapshot: &Value) -> (CountsBy, Vec<u64>) {
+    let mut by = CountsBy::new();
+    let mut pids = Vec::new();
+    for row in snapshot["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("pid").is_some())
+    {
+        pids.extend(row["pid"].as_u64());
+        *by.entry(row["vcpu"].as_u64().unwrap_or(u64::MAX))
+            .or_default()
+            .entry(row["name"].as_str().unwrap_or("?").to_owned())
+            .or_default() += row["count"].as_u64().unwrap_or(0);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    (by, pids)
 }
 
 /// What the scenarios expect of a vendor's KVM, by the names of the
@@ -70,22 +134,6 @@ pub const fn expect(vendor: Vendor) -> Expect {
     }
 }
 
-/// ftrace's counts reported under `<prefix>ftrace` (`<prefix>lost`).
-pub fn ftrace_counts(results: &Results, prefix: &str) -> anyhow::Result<Counts> {
-    ensure!(
-        results.get(&format!("{prefix}lost"))? == "0",
-        "the ftrace buffer lost events: no ground truth"
-    );
-    results
-        .all(&format!("{prefix}ftrace"))
-        .into_iter()
-        .map(|line| {
-            let (n, name) = line.split_once(' ').context("ftrace line")?;
-            Ok((name.to_owned(), n.parse()?))
-        })
-        .collect()
-}
-
 /// Per-reason rows (without `pid`) of an exitprof JSON snapshot.
 pub fn exit_counts(snapshot: &Value) -> Counts {
     snapshot["exits"]
@@ -119,16 +167,44 @@ mod tests {
     #[test]
     fn ftrace_count_scripts() {
         assert_eq!(
-            ftrace_counts_script("classic_", false),
+            ftrace_counts_script("classic_", By::Vcpu),
             r#"
 echo "@@EXITPROF classic_lost $(grep -c LOST /sys/kernel/tracing/trace)"
-sed -n '/ kvm_exit: /{s/ rip .*//;s/.* reason //;p}' /sys/kernel/tracing/trace | sort | uniq -c |
+sed -n '/ kvm_exit: /{s/ rip .*//;s/.* kvm_exit: vcpu //;s/ reason / /;p}' /sys/kernel/tracing/trace | sort | uniq -c |
   while read -r n rest; do echo "@@EXITPROF classic_ftrace $n $rest"; done
 "#
         );
         assert!(
-            ftrace_counts_script("", true)
+            ftrace_counts_script("", By::Pid)
                 .contains(r"sed -n '/ kvm_exit: /{s/ rip .*//;s/^ *[^ ]*-//;s/ .* reason / /;p}'")
         );
+    }
+
+    #[test]
+    fn ftrace_counts_by_key_and_in_total() {
+        let results = Results {
+            values: [
+                ("lost", "0"),
+                ("ftrace", "5000 0 CPUID"),
+                ("ftrace", "3 0 PF excp"),
+                ("ftrace", "2 1 CPUID"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .to_vec(),
+            log: "log".into(),
+        };
+        let by = ftrace_counts(&results, "").unwrap();
+        assert_eq!(by[&0]["PF excp"], 3);
+        assert_eq!(by[&1]["CPUID"], 2);
+        assert_eq!(total(&by)["CPUID"], 5002);
+        let snapshot: Value = serde_json::from_str(
+            r#"{"exits": [{"name": "CPUID", "count": 9},
+                {"name": "CPUID", "pid": 7, "vcpu": 0, "count": 5},
+                {"name": "CPUID", "pid": 7, "vcpu": 1, "count": 4}]}"#,
+        )
+        .unwrap();
+        let (by_vcpu, pids) = exit_counts_by_vcpu(&snapshot);
+        assert_eq!((by_vcpu[&0]["CPUID"], by_vcpu[&1]["CPUID"]), (5, 4));
+        assert_eq!(pids, [7]);
     }
 }

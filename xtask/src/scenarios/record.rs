@@ -2,9 +2,9 @@
 //! nested and shadow paging, checked against ftrace per run.
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 
-use super::common::{Counts, exit_counts, expect, ftrace_counts_script, snapshot};
+use super::common::{By, exit_counts, expect, ftrace_counts, ftrace_counts_script, snapshot};
 use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
 
 /// The scenario's name (and its section in a shared boot).
@@ -62,7 +62,7 @@ echo "@@EXITPROF paging_after_kill $(cat $P)"
 "#,
         module = vendor.module(),
         param = vendor.paging_param(),
-        ftrace = ftrace_counts_script("", true)
+        ftrace = ftrace_counts_script("", By::Pid)
     )
 }
 
@@ -86,19 +86,8 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
     let recording = snapshot(results, "recording")?;
     let runs = recording["runs"].as_array().context("runs")?;
     ensure!(runs.len() == 2, "{} runs recorded", runs.len());
-    ensure!(results.get("lost")? == "0", "the ftrace buffer lost events");
-    // ftrace: (pid, reason) -> count.
-    let mut truth: std::collections::BTreeMap<u64, Counts> = std::collections::BTreeMap::new();
-    for line in results.all("ftrace") {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(n), Some(pid), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("bad ftrace line {line:?}");
-        };
-        truth
-            .entry(pid.parse()?)
-            .or_default()
-            .insert(name.to_owned(), n.parse()?);
-    }
+    // ftrace: pid -> reason -> count.
+    let truth = ftrace_counts(results, "")?;
     for (run, mode) in runs.iter().zip(["nested", "shadow"]) {
         let paging = format!("{param}={}", u8::from(mode == "nested"));
         ensure!(

@@ -6,7 +6,8 @@ use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
 use super::common::{
-    CPUIDS, Counts, exit_counts, expect, ftrace_counts, ftrace_counts_script, snapshot,
+    By, CPUIDS, CountsBy, exit_counts, exit_counts_by_vcpu, expect, ftrace_counts,
+    ftrace_counts_script, snapshot, total,
 };
 use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
 
@@ -32,9 +33,10 @@ pub(super) fn vmexit_ground_truth(kernel: &Kernel, exitprof: &Path) -> anyhow::R
     check(Vendor::Svm, &results)
 }
 
-/// `exitprof stat -- exitprof vm --cpuid 5000` against ftrace's own count
-/// of `kvm_exit` by reason, in the same boot and the same interval, in
-/// raw and in classic mode; then the table of a mixed workload.
+/// `exitprof stat --by-vcpu -- exitprof vm --cpuid 5000` against ftrace's
+/// own count of `kvm_exit` by vCPU and reason, in the same boot and the
+/// same interval, in raw and in classic mode; then the table of a mixed
+/// workload.
 pub(super) fn script(vendor: Vendor) -> String {
     format!(
         r#"
@@ -52,7 +54,7 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 {ftrace}
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-timeout 120 exitprof stat --attach classic --json -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
+timeout 120 exitprof stat --attach classic --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
 echo "@@EXITPROF classic_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 echo "@@EXITPROF classic $(tail -n 1 /tmp/classic.out)"
@@ -63,8 +65,8 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 "#,
         module = vendor.module(),
         param = vendor.paging_param(),
-        ftrace = ftrace_counts_script("", false),
-        classic_ftrace = ftrace_counts_script("classic_", false),
+        ftrace = ftrace_counts_script("", By::Vcpu),
+        classic_ftrace = ftrace_counts_script("classic_", By::Vcpu),
     )
 }
 
@@ -101,7 +103,8 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         snap["attach_note"]
     );
     let ours = exit_counts(&snap);
-    let truth = ftrace_counts(results, "")?;
+    let truth_by_vcpu = ftrace_counts(results, "")?;
+    let truth = total(&truth_by_vcpu);
     println!("[e2e] {:<28} {:>10} {:>10}", "reason", "exitprof", "ftrace");
     for name in ours
         .keys()
@@ -165,31 +168,10 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
             row["name"]
         );
     }
-    // The per-(process, vCPU) breakdown repeats the same exits: one VM,
-    // one vCPU (0), the workload's pid.
+    // The per-(process, vCPU) breakdown: ftrace's counts per vCPU, all of
+    // them the workload's.
     let vm = snapshot(results, "vm")?;
-    let mut by_vcpu = Counts::new();
-    for row in snap["exits"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r.get("pid").is_some())
-    {
-        ensure!(
-            row["pid"] == vm["pid"],
-            "breakdown pid {} is not the workload's {}",
-            row["pid"],
-            vm["pid"]
-        );
-        ensure!(row["vcpu"] == 0, "breakdown vcpu {}", row["vcpu"]);
-        *by_vcpu
-            .entry(row["name"].as_str().unwrap_or("?").to_owned())
-            .or_default() += row["count"].as_u64().unwrap_or(0);
-    }
-    ensure!(
-        by_vcpu == ours,
-        "breakdown {by_vcpu:?} differs from the per-reason rows {ours:?}"
-    );
+    check_breakdown(&snap, Some(&vm), &truth_by_vcpu, "raw")?;
     ensure!(snap["dropped"] == 0, "dropped {}", snap["dropped"]);
     // The same workload with classic tracepoints: equal to ftrace as well.
     ensure!(
@@ -204,11 +186,13 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         classic["attach_mode"]
     );
     let classic_counts = exit_counts(&classic);
-    let classic_truth = ftrace_counts(results, "classic_")?;
+    let classic_by_vcpu = ftrace_counts(results, "classic_")?;
+    let classic_truth = total(&classic_by_vcpu);
     ensure!(
         classic_counts == classic_truth,
         "classic mode: exitprof {classic_counts:?} != ftrace {classic_truth:?}"
     );
+    check_breakdown(&classic, None, &classic_by_vcpu, "classic")?;
     ensure!(
         classic_counts.get(name) == ours.get(name),
         "{name}: classic {:?}, raw {:?}",
@@ -225,7 +209,36 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         println!("[e2e] | {line}");
     }
     println!(
-        "[e2e] {vendor} {NAME}: PASS ({name} exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
+        "[e2e] {vendor} {NAME}: PASS ({name} exactly {CPUIDS}, every reason and vCPU equal to ftrace, in raw and in classic mode)"
     );
+    Ok(())
+}
+
+/// exitprof's per-(process, vCPU) rows against ftrace's counts per vCPU:
+/// equal, and all of one process (the workload VM's, when `vm` is its
+/// report).
+fn check_breakdown(
+    snap: &Value,
+    vm: Option<&Value>,
+    truth: &CountsBy,
+    mode: &str,
+) -> anyhow::Result<()> {
+    let (ours, pids) = exit_counts_by_vcpu(snap);
+    ensure!(
+        ours == *truth,
+        "{mode} mode: the vCPU breakdown {ours:?} differs from ftrace's {truth:?}"
+    );
+    ensure!(
+        pids.len() == 1,
+        "{mode} mode: the breakdown names processes {pids:?} (one VM ran)"
+    );
+    if let Some(vm) = vm {
+        ensure!(
+            vm["pid"] == pids[0],
+            "{mode} mode: breakdown pid {} is not the workload's {}",
+            pids[0],
+            vm["pid"]
+        );
+    }
     Ok(())
 }
