@@ -146,6 +146,9 @@ struct Serial {
     ended: bool,
     /// Host seconds at `@@EXITPROF booted`.
     booted_s: Option<f64>,
+    /// Each section's start (and, last, the end): name, host seconds,
+    /// emulator CPU seconds.
+    marks: Vec<(String, f64, Option<f64>)>,
 }
 
 /// Copies the serial connection into `log`, watching for the markers.
@@ -154,6 +157,7 @@ fn read_serial(
     log: &Path,
     state: &Mutex<Serial>,
     started: Instant,
+    pid: u32,
 ) -> anyhow::Result<()> {
     let mut file = fs::File::create(log)?;
     let mut line = Vec::new();
@@ -173,6 +177,14 @@ fn read_serial(
             let mut seen = state.lock().expect("not poisoned");
             if text.contains("@@EXITPROF booted ") {
                 seen.booted_s = Some(started.elapsed().as_secs_f64());
+            }
+            let mark = text
+                .strip_prefix("@@EXITPROF section ")
+                .or_else(|| text.starts_with("@@EXITPROF exit ").then_some("end"));
+            if let Some(name) = mark {
+                let at = started.elapsed().as_secs_f64();
+                seen.marks
+                    .push((name.trim().to_owned(), at, cpu_seconds(pid)));
             }
             if text.starts_with("@@EXITPROF exit ") {
                 seen.ended = true;
@@ -239,8 +251,8 @@ pub fn boot(
     let stream = accept(&listener, &mut emulator, &bochs_log)?;
     let state = Arc::new(Mutex::new(Serial::default()));
     let reader = {
-        let (state, log) = (Arc::clone(&state), log.to_owned());
-        std::thread::spawn(move || read_serial(stream, &log, &state, started))
+        let (state, log, pid) = (Arc::clone(&state), log.to_owned(), emulator.0.id());
+        std::thread::spawn(move || read_serial(stream, &log, &state, started, pid))
     };
     let result = loop {
         if state.lock().expect("not poisoned").ended {
@@ -277,8 +289,26 @@ pub fn boot(
     let _ = reader.join();
     let _ = fs::remove_file(&disk);
     result?;
-    let booted_s = state.lock().expect("not poisoned").booted_s;
-    Ok(BootTimes { booted_s, cpu_s })
+    let seen = state.lock().expect("not poisoned");
+    // How long each section took, for the log.
+    let sections: Vec<String> = seen
+        .marks
+        .windows(2)
+        .map(|w| {
+            let cpu = match (w[0].2, w[1].2) {
+                (Some(a), Some(b)) => format!(", {:.1} s CPU", b - a),
+                _ => String::new(),
+            };
+            format!("{} {:.1} s{cpu}", w[0].0, w[1].1 - w[0].1)
+        })
+        .collect();
+    if !sections.is_empty() {
+        println!("[sandbox] {}: {}", scenario.name, sections.join("; "));
+    }
+    Ok(BootTimes {
+        booted_s: seen.booted_s,
+        cpu_s,
+    })
 }
 
 /// The serial connection Bochs opens while it starts.
