@@ -9,6 +9,7 @@ use crate::sandbox::{Kernel, Scenario, Vendor, run_scenario};
 mod common;
 mod mirror;
 mod record;
+mod reload;
 mod vmexit;
 mod vmx;
 
@@ -34,6 +35,11 @@ pub fn run_all(
     }
     if wanted(record::NAME) {
         record::record_ept_both(kernel, exitprof)?;
+        passed += 1;
+    }
+    if wanted("module-reload") {
+        let modules = crate::kernel::build(kernel)?;
+        reload::module_reload(kernel, exitprof, &modules)?;
         passed += 1;
     }
     if wanted("guest-cpuid-mirror") {
