@@ -13,7 +13,7 @@
 //!   of a CPUID storm and an I/O storm under every tracer, one boot each;
 //! - readout: one snapshot with 10, 1 000 and 10 000 keys;
 //! - TUI: CPU share and RSS of `exitprof top` with 64 vCPUs x 30 reasons.
-use std::{fs, process::Command};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::Context as _;
 
@@ -23,7 +23,7 @@ mod report;
 mod tools;
 mod types;
 
-use types::{FULL, Report, SMOKE};
+use types::{FULL, Report, SMOKE, Sizes};
 
 use crate::{
     sandbox::Vendor,
@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Small counts and one repetition: checks that the bench works.
     #[arg(long)]
     pub smoke: bool,
+    /// Only this sandbox's part (svm or vmx), nothing on the host; writes
+    /// bench-<svm|vmx>.json.
+    #[arg(long, value_enum)]
+    pub sandbox: Option<Vendor>,
 }
 
 /// `cargo xtask bench`.
@@ -50,11 +54,42 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         ..Report::default()
     };
+    if let Some(vendor) = args.sandbox {
+        let nested = match vendor {
+            Vendor::Svm => &sizes.svm,
+            Vendor::Vmx => &sizes.vmx,
+        };
+        println!("[bench] {vendor} sandbox only");
+        nested::sandbox_bench(&exitprof, vendor, nested, &mut report)?;
+    } else {
+        everything(&exitprof, &sizes, &mut report)?;
+    }
+    report::targets(&mut report);
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let name = match (args.sandbox, args.smoke) {
+        (Some(vendor), true) => format!("bench-{vendor}-smoke.json"),
+        (Some(vendor), false) => format!("bench-{vendor}.json"),
+        (None, true) => "bench-smoke.json".to_owned(),
+        (None, false) => "bench.json".to_owned(),
+    };
+    let path = dir.join(name);
+    fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    print!("{}", report::render(&report));
+    println!("[bench] wrote {}", path.display());
+    if args.smoke && args.sandbox.is_none() {
+        report::check_smoke(&report)?;
+    }
+    Ok(())
+}
+
+/// Every part: the host, the readout, the TUI, both sandboxes.
+fn everything(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     println!("[bench] host: per-event cost and CPUID-storm slowdown");
-    host::host(&exitprof, &sizes, &mut report)?;
+    host::host(exitprof, sizes, report)?;
     println!("[bench] readout");
     for keys in [10, 1_000, 10_000] {
-        let out = tools::command_output(Command::new(&exitprof).args([
+        let out = tools::command_output(Command::new(exitprof).args([
             "bench-readout",
             "--keys",
             &keys.to_string(),
@@ -66,24 +101,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
     }
     println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
-    report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
+    report.tui = Some(host::tui(exitprof, sizes.tui_seconds)?);
     println!("[bench] SVM sandbox (one boot of QEMU TCG)");
-    nested::sandbox_bench(&exitprof, Vendor::Svm, &sizes.svm, &mut report)?;
+    nested::sandbox_bench(exitprof, Vendor::Svm, &sizes.svm, report)?;
     println!("[bench] VMX sandbox (one boot of Bochs)");
-    nested::sandbox_bench(&exitprof, Vendor::Vmx, &sizes.vmx, &mut report)?;
-    report::targets(&mut report);
-    let dir = workspace_root().join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let path = dir.join(if args.smoke {
-        "bench-smoke.json"
-    } else {
-        "bench.json"
-    });
-    fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    print!("{}", report::render(&report));
-    println!("[bench] wrote {}", path.display());
-    if args.smoke {
-        report::check_smoke(&report)?;
-    }
+    nested::sandbox_bench(exitprof, Vendor::Vmx, &sizes.vmx, report)?;
     Ok(())
 }

@@ -288,6 +288,8 @@ pub fn boot(
     drop(emulator);
     let _ = reader.join();
     let _ = fs::remove_file(&disk);
+    // Bochs locks the image in a file beside it, and a killed Bochs leaves it.
+    let _ = fs::remove_file(disk.with_extension("disk.lock"));
     result?;
     let seen = state.lock().expect("not poisoned");
     // How long each section took, for the log.

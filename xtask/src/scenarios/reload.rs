@@ -12,7 +12,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, ensure};
 
 use super::common::snapshot;
-use crate::sandbox::{Kernel, Scenario, run_scenario};
+use crate::sandbox::{Kernel, Scenario, Vendor, run_scenario};
 
 /// The scenario, booting the patched modules in `modules`.
 #[expect(
@@ -79,8 +79,9 @@ echo "@@EXITPROF restore_again $(cat /tmp/r2.err)"
         exitprof,
         &Scenario {
             name: "module-reload",
+            vendor: Vendor::Svm,
             script,
-            npt: true,
+            nested_paging: true,
             timeout: Duration::from_mins(10),
             modules: Some(modules),
             extra: &[("/usr/sbin/bpftool", "/bin/bpftool")],

@@ -141,13 +141,16 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             e2e_one(args, vendor),
         );
     }
-    if args.only.is_none() {
+    if args.only.is_none() && args.sandbox.is_none() {
         // The bench with small counts, so that it cannot rot (its numbers
         // are not judged here).
         println!("[test] cargo xtask bench --smoke");
         tally.one(
             "bench smoke run",
-            crate::bench::bench(&crate::bench::BenchArgs { smoke: true }),
+            crate::bench::bench(&crate::bench::BenchArgs {
+                smoke: true,
+                sandbox: None,
+            }),
         );
     }
     tally.finish()
