@@ -2,19 +2,30 @@
 //! `corei7_haswell_4770`, which emulates VMX with EPT, VPID and
 //! unrestricted guest (QEMU TCG cannot emulate VMX at all).
 //!
-//! What makes a boot take ~10 s of CPU instead of ~2 minutes (measured on
-//! these 2-core machines, emulator CPU seconds until `/init` runs):
+//! What makes a boot take about 7 s of emulator CPU until `/init` runs,
+//! and 10 s until kvm_intel is loaded, instead of about 2 minutes with an
+//! isolinux CD (measured on these 2-core machines, in emulator CPU
+//! seconds: their wall time is noise):
 //! - the kernel enters at its PVH entry from our own boot loader
-//!   ([`super::pvh`]): no XZ decompression in the guest (-40 s);
-//! - `quiet` and the console at 115200 baud: Bochs times the UART, and
-//!   the default 9600 baud makes every printed line cost guest time;
+//!   ([`super::pvh`]): no XZ decompression in the guest (-40 s; the BIOS
+//!   and the loader take 2 s);
+//! - `quiet` (-11 s) and the console at 115200 baud: Bochs times the UART,
+//!   and at the default 9600 baud every printed line costs guest time;
 //! - `cryptomgr.notests` (the crypto self-tests: 15 s of guest time),
 //!   `nopti` and `rodata=off` (no page-table isolation, no W+X walk of
 //!   the page tables: -1 s);
 //! - an uncompressed initramfs (inflating 5 MB of gzip in the guest costs
-//!   1.5 s more than loading 13 MB), `modules.dep` made on the host, the
-//!   modules' signatures cut ([`Signatures::Strip`]);
+//!   1.5 s more than loading 13 MB), `modules.dep` made on the host
+//!   (-1.8 s), the modules' signatures cut ([`Signatures::Strip`]: -2.8 s
+//!   a load of kvm and kvm-intel);
 //! - 512 MB of RAM unless the initramfs needs more (-0.4 s).
+//!
+//! Tried and left: `ips` (10 to 200 million: the same CPU time),
+//! `clock: sync=slowdown` (the same CPU, twice the wall time),
+//! `mitigations=off` (-0.2 s, within noise, and it changes what KVM's
+//! exit path does), and a saved and restored state (`-r`: resuming takes
+//! 1 s, but saving needs a click on the GUI's button, and the guest never
+//! read the serial input after a restore).
 //!
 //! Traps of Bochs 2.7 met on the way: the debugger it is built with stops
 //! before the first instruction (`-rc` with `c` continues); the ALSA
