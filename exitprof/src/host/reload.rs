@@ -141,7 +141,7 @@ impl Reload {
     /// parameters passed are the running module's own (its sysfs
     /// `parameters/`, made from the `__param` table of the file the build
     /// id matched), so the file accepts them: `parmtype=` entries cannot
-    /// show that, `module_param_cb` parameters (kvm_intel's
+    /// show that, `module_param_cb` parameters (`kvm_intel`'s
     /// `vmentry_l1d_flush`) have none.
     ///
     /// # Errors

@@ -3,7 +3,7 @@
 //! unrestricted guest (QEMU TCG cannot emulate VMX at all).
 //!
 //! What makes a boot take about 7 s of emulator CPU until `/init` runs,
-//! and 10 s until kvm_intel is loaded, instead of about 2 minutes with an
+//! and 10 s until `kvm_intel` is loaded, instead of about 2 minutes with an
 //! isolinux CD (measured on these 2-core machines, in emulator CPU
 //! seconds: their wall time is noise):
 //! - the kernel enters at its PVH entry from our own boot loader
