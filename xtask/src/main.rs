@@ -4,15 +4,15 @@
 //! - `demo`: the main job on the built-in default workload
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
-//! - `kernel`: the patched KVM modules for the sandbox kernel
+//! - `kernel`: the patched KVM modules and selftest for a sandbox kernel
 //! - `bench`: exitprof's cost side by side with bpftrace and perf
-//! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
 
 mod bench;
 mod kernel;
 mod mirror_scenario;
 mod sandbox;
 mod scenarios;
+mod selftest_scenario;
 mod setup;
 mod tasks;
 
@@ -36,12 +36,11 @@ enum Task {
     Test(sandbox::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
     E2e(sandbox::E2eArgs),
-    /// Apply kernel-patch/ to Debian's linux-source-6.1 and build the
-    /// patched kvm, kvm-amd and kvm-intel modules for the sandbox kernel
-    /// (cached under target/kernel).
-    Kernel,
-    /// Regenerate kernel-patch/6.1's ABI header patch from exitprof-common.
-    KernelHeader,
+    /// Apply kernel-patch/<line>/ to Debian's linux-source-<line> and build
+    /// the patched kvm, kvm-amd and kvm-intel modules (with BTF) and the
+    /// series' KVM selftest for the matching Debian image (cached under
+    /// target/kernel).
+    Kernel(kernel::KernelArgs),
     /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
     /// (host and sandbox); writes target/bench/bench.json.
     Bench(bench::BenchArgs),
@@ -59,6 +58,10 @@ enum Task {
         /// Also carry bpftrace, bpftool and perf (as the bench does).
         #[arg(long)]
         tools: bool,
+        /// The Debian kernel line to boot (with --patched: also the
+        /// series' selftest, as /bin/exitprof_test).
+        #[arg(long, value_enum, default_value_t)]
+        kernel: sandbox::KernelLine,
     },
 }
 
@@ -71,26 +74,36 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             sandbox::e2e(&args).map(|_| ())
         }
-        Task::Kernel => {
+        Task::Kernel(args) => {
             setup::setup()?;
-            kernel::kernel()
+            kernel::kernel(&args)
         }
-        Task::KernelHeader => kernel::write_header_patch(),
         Task::Bench(args) => bench::bench(&args),
         Task::Sandbox {
             script,
             shadow,
             patched,
             tools,
+            kernel,
         } => {
             setup::setup()?;
-            let kernel = sandbox::fetch_kernel()?;
+            let kernel = sandbox::fetch_kernel_line(kernel)?;
             let exitprof = tasks::build_release()?;
             let modules = if patched {
                 Some(kernel::build(&kernel)?)
             } else {
                 None
             };
+            let selftest = modules
+                .as_ref()
+                .map(|m| m.join(kernel::SELFTEST).display().to_string());
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            if tools {
+                extra.extend_from_slice(sandbox::BENCH_TOOLS);
+            }
+            if let Some(selftest) = &selftest {
+                extra.push((selftest, "/bin/exitprof_test"));
+            }
             let results = sandbox::run_scenario(
                 &kernel,
                 &exitprof,
@@ -100,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                     npt: !shadow,
                     timeout: std::time::Duration::from_secs(600),
                     modules: modules.as_deref(),
-                    extra: if tools { sandbox::BENCH_TOOLS } else { &[] },
+                    extra: &extra,
                     cpus: 2,
                 },
             )?;

@@ -212,7 +212,8 @@ echo "@@EXITPROF killed_vm $(cat /tmp/vm2.out)"
                 == Discovery {
                     version: 1,
                     isa: Isa::Svm as u32,
-                    active: true
+                    active: true,
+                    host_scope: false,
                 }
             && tsc_khz > 0
             && edx == 0,
