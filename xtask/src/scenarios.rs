@@ -27,6 +27,12 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
         crate::mirror_scenario::guest_cpuid_mirror(kernel, exitprof, &modules)?;
         passed += 1;
     }
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("kvm-selftest-{}", line.name())) {
+            crate::selftest_scenario::kvm_selftest(line, exitprof)?;
+            passed += 1;
+        }
+    }
     Ok(passed)
 }
 
