@@ -115,6 +115,7 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     let tree = work.join(&source_package);
     step.done("extract");
     apply(&tree, &patches, &source_package)?;
+    step.done("apply");
     let headers_dir = work.join(format!("usr/src/linux-headers-{}", kernel.release));
     fs::copy(headers_dir.join(".config"), tree.join(".config"))?;
     fs::copy(
@@ -138,7 +139,14 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     make(&tree, &["modules_prepare"])?;
     step.done("modules_prepare");
     println!("[kernel] make M=arch/x86/kvm modules");
-    let text = logged_make(&tree, jobs, &release, &work.join("kvm-build.log"))?;
+    let text = run_logged(
+        Command::new("make")
+            .arg(format!("-j{jobs}"))
+            .arg(&release)
+            .args(["M=arch/x86/kvm", "modules"])
+            .current_dir(&tree),
+        &work.join("kvm-build.log"),
+    )?;
     let warnings: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -157,11 +165,14 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     // 6.12's selftests build with -march=x86-64-v2; the sandbox's CPU
     // (qemu64) has no SSSE3/SSE4/POPCNT. Explicit -mno- flags win over
     // -march whatever their order.
-    run(Command::new("make")
-        .arg(format!("-j{jobs}"))
-        .arg("EXTRA_CFLAGS=-mno-ssse3 -mno-sse4.1 -mno-sse4.2 -mno-popcnt")
-        .arg(tree.join(SELFTEST))
-        .current_dir(tree.join("tools/testing/selftests/kvm")))?;
+    run_logged(
+        Command::new("make")
+            .arg(format!("-j{jobs}"))
+            .arg("EXTRA_CFLAGS=-mno-ssse3 -mno-sse4.1 -mno-sse4.2 -mno-popcnt")
+            .arg(tree.join(SELFTEST))
+            .current_dir(tree.join("tools/testing/selftests/kvm")),
+        &work.join("selftest-build.log"),
+    )?;
     step.done("selftest");
 
     let _ = fs::remove_dir_all(&out);
@@ -177,7 +188,10 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         run(Command::new("strip").arg("--strip-debug").arg(out.join(m)))?;
     }
     fs::write(&stamp, stamp_text)?;
-    let _ = fs::remove_dir_all(&work);
+    // The tree stays (target/kernel/build-<line>, about 2 GB) until the
+    // next build of the line: deleting its ~100k files took minutes on a
+    // busy machine, and it is where to run scripts/checkpatch.pl.
+    step.done("copy, check, strip");
     println!(
         "[kernel] built {} patched modules with BTF and the selftest for {} in {:.0} s ({}): {}",
         MODULES.len(),
@@ -218,25 +232,25 @@ impl Steps {
     }
 }
 
-/// `make M=arch/x86/kvm modules` with its output in `log`; returns the
-/// output, or fails with its tail.
-fn logged_make(tree: &Path, jobs: usize, release: &str, log: &Path) -> anyhow::Result<String> {
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "make -j{jobs} {release} M=arch/x86/kvm modules > {} 2>&1",
-            log.display()
-        ))
-        .current_dir(tree)
+/// Runs `cmd` with stdout and stderr in `log`; returns the output, or
+/// fails with its last lines.
+fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<String> {
+    let file = fs::File::create(log)?;
+    let status = cmd
+        .stdout(file.try_clone()?)
+        .stderr(file)
         .status()
-        .context("failed to run make")?;
+        .with_context(|| format!("failed to run {cmd:?}"))?;
     let text = fs::read_to_string(log).unwrap_or_default();
-    ensure!(
-        status.success(),
-        "building the KVM modules failed; see {}:\n{}",
-        log.display(),
-        text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
+    if !status.success() {
+        let mut tail: Vec<&str> = text.lines().rev().take(30).collect();
+        tail.reverse();
+        bail!(
+            "{cmd:?} failed ({status}); {} ends with:\n{}",
+            log.display(),
+            tail.join("\n")
+        );
+    }
     Ok(text)
 }
 
