@@ -3,37 +3,21 @@
 //! tracepoint record, read from tracefs at load time because they differ
 //! between kernels (see `fixtures/tracefs` at the repository root).
 
+use crate::events::EventOffsets;
+
 /// No process filter: every VM on the host is counted.
 pub const FILTER_ALL: u32 = 0;
 /// Only threads whose process id is a key of the `TRACKED_TGIDS` map are
 /// counted; `sched_process_fork` adds the children of tracked processes.
 pub const FILTER_TRACKED: u32 = 1;
 
-/// Byte offsets of the record fields each program reads. Offsets count from
+/// Byte offsets of the record fields the classic programs read. Offsets count from
 /// the start of the record (the `common_type` field), as tracefs prints them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
-    /// `kvm_cpuid.function`
-    pub cpuid_function: u32,
-    /// `kvm_cpuid.index`
-    pub cpuid_index: u32,
-    /// `kvm_pio.rw` (1 = write)
-    pub pio_rw: u32,
-    /// `kvm_pio.port`
-    pub pio_port: u32,
-    /// `kvm_pio.size`
-    pub pio_size: u32,
-    /// `kvm_mmio.type` (0 unsatisfied read, 1 read, 2 write)
-    pub mmio_type: u32,
-    /// `kvm_mmio.gpa`
-    pub mmio_gpa: u32,
-    /// `kvm_msr.write`
-    pub msr_write: u32,
-    /// `kvm_msr.ecx` (the MSR index)
-    pub msr_ecx: u32,
-    /// `kvm_hypercall.nr`
-    pub hypercall_nr: u32,
+    /// The handler-event programs' fields.
+    pub events: EventOffsets,
     /// `kvm_userspace_exit.reason`
     pub userspace_exit_reason: u32,
     /// `kvm_userspace_exit.errno`
@@ -52,6 +36,21 @@ pub struct Offsets {
     pub fork_child_pid: u32,
 }
 
+impl Offsets {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        events: EventOffsets::ZERO,
+        userspace_exit_reason: 0,
+        userspace_exit_errno: 0,
+        exit_reason: 0,
+        exit_isa: 0,
+        exit_vcpu_id: 0,
+        ioctl_cmd: 0,
+        fork_parent_pid: 0,
+        fork_child_pid: 0,
+    };
+}
+
 /// Byte offsets into kernel structures for the raw `kvm_exit` program,
 /// resolved from the kernel's BTF at load time (raw attach mode).
 #[repr(C)]
@@ -68,6 +67,16 @@ pub struct RawOffsets {
     pub vmx_exit_reason: u32,
 }
 
+impl RawOffsets {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        kvm_vcpu_id: 0,
+        svm_vmcb: 0,
+        vmcb_exit_code: 0,
+        vmx_exit_reason: 0,
+    };
+}
+
 /// The one global the loader sets before loading the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +89,17 @@ pub struct Config {
     pub offsets: Offsets,
     /// Structure offsets for the raw tracepoints.
     pub raw: RawOffsets,
+}
+
+impl Config {
+    /// All zero: no filter, no breakdown, no offsets (the eBPF side's
+    /// initializer, which the loader overrides).
+    pub const ZERO: Self = Self {
+        filter: FILTER_ALL,
+        breakdown: 0,
+        offsets: Offsets::ZERO,
+        raw: RawOffsets::ZERO,
+    };
 }
 
 #[cfg(feature = "user")]

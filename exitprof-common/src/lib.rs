@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod config;
+pub mod events;
 pub mod guest_abi;
 pub mod maps;
 pub mod reasons;

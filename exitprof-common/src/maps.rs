@@ -1,4 +1,4 @@
-//! Map keys and values. Keys mirror the `--json` contract in DESIGN.md so
+//! Map keys and values. Keys mirror the `--json` contract in README.md so
 //! that the readout only sums over CPUs and never reinterprets.
 //!
 //! Every struct is `#[repr(C)]` with explicit padding fields (always 0), so
@@ -74,6 +74,10 @@ pub struct BreakdownKey {
     /// Dense reason slot, see [`crate::reasons::slot`].
     pub slot: u32,
     /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 
@@ -102,52 +106,6 @@ pub struct PendingExit {
     pub slot: u32,
     /// vCPU id.
     pub vcpu: u32,
-}
-
-/// Key of `CPUID_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CpuidKey {
-    /// eax on entry.
-    pub leaf: u32,
-    /// ecx on entry.
-    pub subleaf: u32,
-}
-
-/// Key of `PIO_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PioKey {
-    /// I/O port.
-    pub port: u16,
-    /// 1 for `out`, 0 for `in`.
-    pub write: u8,
-    /// Access size in bytes (1, 2, 4).
-    pub size: u8,
-    /// Always 0 (keeps the key 8 bytes, like the other event keys).
-    pub _pad: u32,
-}
-
-/// Key of `MMIO_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MmioKey {
-    /// Guest physical address.
-    pub gpa: u64,
-    /// 1 for a write, 0 for a (satisfied) read.
-    pub write: u32,
-    /// Always 0.
-    pub _pad: u32,
-}
-
-/// Key of `MSR_EVENTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MsrKey {
-    /// MSR index (ecx).
-    pub index: u32,
-    /// 1 for `wrmsr`, 0 for `rdmsr`.
-    pub write: u32,
 }
 
 /// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
@@ -196,12 +154,20 @@ pub struct PendingUserspaceExit {
     /// `USERSPACE_EXITS` slot (`userspace_exit::slot`).
     pub reason: u32,
     /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
     pub _pad: u32,
 }
 
 /// Log2 bucket of a duration: `floor(log2(d))`, clamped to the last bucket.
 /// Written as a bounded binary search so the eBPF verifier accepts it.
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn log2_bucket(d: u64) -> usize {
     let mut v = d;
@@ -239,18 +205,14 @@ pub fn log2_bucket(d: u64) -> usize {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        BreakdownKey, BreakdownStats, CpuidKey, ExitStats, MmioKey, MsrKey, PendingExit,
-        PendingUserspaceExit, PioKey, UserspaceExitStats,
+        BreakdownKey, BreakdownStats, ExitStats, PendingExit, PendingUserspaceExit,
+        UserspaceExitStats,
     };
     // SAFETY: all of these are `repr(C)` integers with explicit padding.
     unsafe impl aya::Pod for ExitStats {}
     unsafe impl aya::Pod for BreakdownKey {}
     unsafe impl aya::Pod for BreakdownStats {}
     unsafe impl aya::Pod for PendingExit {}
-    unsafe impl aya::Pod for CpuidKey {}
-    unsafe impl aya::Pod for PioKey {}
-    unsafe impl aya::Pod for MmioKey {}
-    unsafe impl aya::Pod for MsrKey {}
     unsafe impl aya::Pod for UserspaceExitStats {}
     unsafe impl aya::Pod for PendingUserspaceExit {}
     // SAFETY: a u64 and a key that is a multiple of 8 bytes (checked in
@@ -277,6 +239,7 @@ mod tests {
 
     #[test]
     fn keys_have_no_implicit_padding() {
+        use crate::events::{CpuidKey, MmioKey, MsrKey, PioKey};
         assert_eq!(core::mem::size_of::<PioKey>(), 8);
         assert_eq!(core::mem::size_of::<CachedCount<PioKey>>(), 16);
         assert_eq!(core::mem::size_of::<CachedCount<CpuidKey>>(), 16);

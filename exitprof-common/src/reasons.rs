@@ -64,11 +64,11 @@ pub const VMX_BASIC_LIMIT: u32 = 96;
 pub const SLOT_SVM_LOW_BASE: u32 = SLOT_VMX_BASE + VMX_BASIC_LIMIT;
 /// First slot of SVM codes 0x400..=0x40f (npf, avic, vmgexit).
 pub const SLOT_SVM_HIGH_BASE: u32 = SLOT_SVM_LOW_BASE + 0x100;
-/// First slot of SVM software exit codes 0x8000_0000..=0x8000_001f.
+/// First slot of SVM software exit codes `0x8000_0000..=0x8000_001f`.
 pub const SLOT_SVM_SW_BASE: u32 = SLOT_SVM_HIGH_BASE + 0x10;
-/// First slot of SVM software exit codes 0x8000_fffd..=0x8000_ffff.
+/// First slot of SVM software exit codes `0x8000_fffd..=0x8000_ffff`.
 pub const SLOT_SVM_SW_TOP_BASE: u32 = SLOT_SVM_SW_BASE + 0x20;
-/// Slot of SVM code 0xffff_ffff (`invalid_guest_state`).
+/// Slot of SVM code `0xffff_ffff` (`invalid_guest_state`).
 pub const SLOT_SVM_INVALID: u32 = SLOT_SVM_SW_TOP_BASE + 3;
 /// Slot of any VMX code outside the table's range.
 pub const SLOT_VMX_OTHER: u32 = SLOT_SVM_INVALID + 1;
@@ -80,6 +80,10 @@ pub const SLOTS: u32 = SLOT_SVM_OTHER + 1;
 /// Dense slot of a raw exit reason. VMX reasons are reduced to their basic
 /// reason (bits 15:0), as the kernel's print format does.
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn slot(isa: u32, code: u32) -> u32 {
     if isa == Isa::Vmx as u32 {
@@ -621,10 +625,7 @@ mod tests {
                 .split('+')
                 .map(|term| {
                     let term = term.trim();
-                    defines
-                        .get(term)
-                        .copied()
-                        .unwrap_or_else(|| parse(term))
+                    defines.get(term).copied().unwrap_or_else(|| parse(term))
                 })
                 .fold(0u32, u32::wrapping_add);
             assert!(
@@ -651,8 +652,13 @@ mod tests {
                 let entry = table(isa)
                     .iter()
                     .find(|r| r.code == *code)
-                    .unwrap_or_else(|| panic!("{kernel} {list}: {code:#x} {name} is not in the table"));
-                assert!(entry.defined, "{kernel} {list}: {code:#x} {name} not defined");
+                    .unwrap_or_else(|| {
+                        panic!("{kernel} {list}: {code:#x} {name} is not in the table")
+                    });
+                assert!(
+                    entry.defined,
+                    "{kernel} {list}: {code:#x} {name} not defined"
+                );
                 assert_eq!(entry.name, name, "{kernel} {list}: {code:#x}");
             }
             // What the table defines beyond the kernel's list (SDM/APM

@@ -66,6 +66,10 @@ pub const OTHER: u32 = u32::MAX;
 
 /// The `USERSPACE_EXITS` slot of a return from `KVM_RUN`.
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn slot(reason: u32, errno: i32) -> u32 {
     if errno < 0 {

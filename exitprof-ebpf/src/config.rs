@@ -1,45 +1,13 @@
 //! The `CONFIG` global and the process filter.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use exitprof_common::{
-    Config,
-    config::{FILTER_ALL, Offsets, RawOffsets},
-};
+use exitprof_common::{Config, config::FILTER_ALL};
 
 use crate::maps::{LAST_TRACKED, TRACKED_TGIDS};
 
 /// Set by the loader (`EbpfLoader::set_global("CONFIG", ..)`); read with
 /// volatile loads so the compiler cannot fold the zero initializer.
 #[unsafe(no_mangle)]
-pub(crate) static CONFIG: Config = Config {
-    filter: FILTER_ALL,
-    breakdown: 0,
-    offsets: Offsets {
-        cpuid_function: 0,
-        cpuid_index: 0,
-        pio_rw: 0,
-        pio_port: 0,
-        pio_size: 0,
-        mmio_type: 0,
-        mmio_gpa: 0,
-        msr_write: 0,
-        msr_ecx: 0,
-        hypercall_nr: 0,
-        userspace_exit_reason: 0,
-        userspace_exit_errno: 0,
-        exit_reason: 0,
-        exit_isa: 0,
-        exit_vcpu_id: 0,
-        ioctl_cmd: 0,
-        fork_parent_pid: 0,
-        fork_child_pid: 0,
-    },
-    raw: RawOffsets {
-        kvm_vcpu_id: 0,
-        svm_vmcb: 0,
-        vmcb_exit_code: 0,
-        vmx_exit_reason: 0,
-    },
-};
+pub(crate) static CONFIG: Config = Config::ZERO;
 
 /// Reads one field of `CONFIG`.
 macro_rules! config {
@@ -59,8 +27,8 @@ pub(crate) use config;
 
 /// Record offset of a tracepoint field, as a `usize` for `read_at`.
 macro_rules! offset {
-    ($field:ident) => {
-        $crate::config::config!(offsets.$field) as usize
+    ($($field:ident).+) => {
+        $crate::config::config!(offsets.$($field).+) as usize
     };
 }
 pub(crate) use offset;

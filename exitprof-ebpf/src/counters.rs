@@ -63,10 +63,10 @@ pub fn increment_cached<K: Copy + PartialEq>(
     }
     if slot.count != 0 {
         // Write the evicted key's total back.
-        if let Some(p) = map.get_ptr_mut(&slot.key) {
+        if let Some(p) = map.get_ptr_mut(slot.key) {
             // SAFETY: per-CPU value of this CPU.
             unsafe { *p = slot.count };
-        } else if map.insert(&slot.key, &slot.count, 0).is_err() {
+        } else if map.insert(slot.key, slot.count, 0).is_err() {
             // It was never in the map: its whole count is lost.
             drop_events(drop_reason::EVENT_MAP_FULL, slot.count);
         }
@@ -116,7 +116,7 @@ impl InFlight for PendingUserspaceExit {
 /// Opens thread `tid`'s entry. A vCPU thread exits again and again, so
 /// its entry stays between exits (closed) and is rewritten in place: far
 /// cheaper than an LRU insert and delete per exit (measured on the host:
-/// kvm_userspace_exit 302 -> 135 ns; in the sandbox kvm_exit -31%).
+/// `kvm_userspace_exit` 302 -> 135 ns; in the sandbox `kvm_exit` -31%).
 #[inline(always)]
 pub fn open<V: InFlight>(map: &LruHashMap<u32, V>, tid: u32, value: &V) {
     if let Some(slot) = map.get_ptr_mut(tid) {

@@ -3,20 +3,70 @@
 //! `CONFIG.offsets`) and a raw one (the `TP_PROTO` arguments, whose types
 //! the loader checks against BTF), both thin wrappers around one
 //! `record_*` body.
+//!
+//! A new kind is one key (with its offsets) in `exitprof-common`'s
+//! `events.rs`, its maps and programs here, and one table entry in user
+//! space (`exitprof/src/model/events.rs`). Map names are the interface
+//! with user space's readout.
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
-use exitprof_common::maps::{CpuidKey, MmioKey, MsrKey, PioKey, drop_reason};
+use exitprof_common::{
+    events::{CpuidKey, HypercallKey, MmioKey, MsrKey, PioKey},
+    maps::{CachedCount, EVENT_CACHE_WAYS, EVENT_MAP_ENTRIES, drop_reason},
+};
 
 use crate::{
     config::{current, offset, wanted},
     counters::{increment, increment_cached},
-    maps::{
-        CPUID_CACHE, CPUID_EVENTS, HYPERCALL_EVENTS, MMIO_CACHE, MMIO_EVENTS, MSR_CACHE,
-        MSR_EVENTS, PIO_CACHE, PIO_EVENTS,
-    },
 };
+
+/// `kvm_cpuid` by (leaf, subleaf).
+#[map]
+pub static CPUID_EVENTS: PerCpuHashMap<CpuidKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `CPUID_EVENTS` (see `CachedCount`).
+#[map]
+pub static CPUID_CACHE: PerCpuArray<CachedCount<CpuidKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
+/// `kvm_pio` by (port, direction, size).
+#[map]
+pub static PIO_EVENTS: PerCpuHashMap<PioKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `PIO_EVENTS`.
+#[map]
+pub static PIO_CACHE: PerCpuArray<CachedCount<PioKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
+/// `kvm_mmio` by (gpa, direction); unsatisfied reads are not counted.
+#[map]
+pub static MMIO_EVENTS: PerCpuHashMap<MmioKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `MMIO_EVENTS`.
+#[map]
+pub static MMIO_CACHE: PerCpuArray<CachedCount<MmioKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
+/// `kvm_msr` by (index, direction).
+#[map]
+pub static MSR_EVENTS: PerCpuHashMap<MsrKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
+
+/// Per-CPU front cache of `MSR_EVENTS`.
+#[map]
+pub static MSR_CACHE: PerCpuArray<CachedCount<MsrKey>> =
+    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
+
+/// `kvm_hypercall` by number.
+#[map]
+pub static HYPERCALL_EVENTS: PerCpuHashMap<HypercallKey, u64> =
+    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
 /// `kvm_mmio.type` of a read that still waits for user space; the matching
 /// satisfied read (`1`) follows, so only that one is counted.
@@ -37,8 +87,8 @@ fn try_kvm_cpuid(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: offsets were read from this kernel's tracefs format.
     let key = unsafe {
         CpuidKey {
-            leaf: ctx.read_at::<u32>(offset!(cpuid_function))?,
-            subleaf: ctx.read_at::<u32>(offset!(cpuid_index))?,
+            leaf: ctx.read_at::<u32>(offset!(events.cpuid_function))?,
+            subleaf: ctx.read_at::<u32>(offset!(events.cpuid_index))?,
         }
     };
     record_cpuid(&key);
@@ -76,9 +126,9 @@ fn try_kvm_pio(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: as above.
     let key = unsafe {
         PioKey {
-            port: ctx.read_at::<u32>(offset!(pio_port))? as u16,
-            write: u8::from(ctx.read_at::<u32>(offset!(pio_rw))? != 0),
-            size: ctx.read_at::<u32>(offset!(pio_size))? as u8,
+            port: ctx.read_at::<u32>(offset!(events.pio_port))? as u16,
+            write: u8::from(ctx.read_at::<u32>(offset!(events.pio_rw))? != 0),
+            size: ctx.read_at::<u32>(offset!(events.pio_size))? as u8,
             _pad: 0,
         }
     };
@@ -126,8 +176,8 @@ fn try_kvm_mmio(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: as above.
     let (kind, gpa) = unsafe {
         (
-            ctx.read_at::<u32>(offset!(mmio_type))?,
-            ctx.read_at::<u64>(offset!(mmio_gpa))?,
+            ctx.read_at::<u32>(offset!(events.mmio_type))?,
+            ctx.read_at::<u64>(offset!(events.mmio_gpa))?,
         )
     };
     record_mmio(kind, gpa);
@@ -174,8 +224,8 @@ fn try_kvm_msr(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: as above.
     let key = unsafe {
         MsrKey {
-            index: ctx.read_at::<u32>(offset!(msr_ecx))?,
-            write: u32::from(ctx.read_at::<u32>(offset!(msr_write))? != 0),
+            index: ctx.read_at::<u32>(offset!(events.msr_ecx))?,
+            write: u32::from(ctx.read_at::<u32>(offset!(events.msr_write))? != 0),
         }
     };
     record_msr(&key);
@@ -212,7 +262,7 @@ fn try_kvm_hypercall(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     // SAFETY: as above.
-    let nr = unsafe { ctx.read_at::<u64>(offset!(hypercall_nr))? };
+    let nr = unsafe { ctx.read_at::<u64>(offset!(events.hypercall_nr))? };
     increment(&HYPERCALL_EVENTS, &nr, drop_reason::EVENT_MAP_FULL);
     Ok(0)
 }

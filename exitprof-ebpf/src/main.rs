@@ -4,6 +4,28 @@
 //! `CONFIG` global, set by the loader before the object is loaded.
 #![no_std]
 #![no_main]
+// Deliberate, crate-wide (the eBPF side differs from user space here):
+#![expect(
+    clippy::inline_always,
+    reason = "every helper runs on the hot path of every VM exit: inlined, the verifier sees straight-line code and no BPF-to-BPF calls"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "raw tracepoint arguments arrive as u64 registers; a cast takes the width of the tracepoint's C type"
+)]
+#![expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel memory is read with bpf_probe_read_kernel, which copies and needs no alignment"
+)]
+#![expect(
+    clippy::similar_names,
+    reason = "tgid and tid are the kernel's names for the process and the thread"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros pass the context by value"
+)]
 
 mod config;
 mod counters;

@@ -1,14 +1,14 @@
-//! Every map of the object. Names are the interface with the loader.
+//! The maps of the VM-exit, userspace round-trip and process programs.
+//! (The handler-event maps live with their programs in
+//! `handler_events.rs`.) Names are the interface with the loader.
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, CachedCount, CpuidKey,
-        EVENT_CACHE_WAYS, EVENT_MAP_ENTRIES, ExitStats, MmioKey, MsrKey, PENDING_MAP_ENTRIES,
-        PendingExit, PendingUserspaceExit, PioKey, TRACKED_MAP_ENTRIES, UserspaceExitStats,
-        drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, PENDING_MAP_ENTRIES,
+        PendingExit, PendingUserspaceExit, TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -28,51 +28,6 @@ pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
 #[map]
 pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
     LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
-
-/// `kvm_cpuid` by (leaf, subleaf).
-#[map]
-pub static CPUID_EVENTS: PerCpuHashMap<CpuidKey, u64> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
-
-/// Per-CPU front cache of `CPUID_EVENTS` (see `CachedCount`).
-#[map]
-pub static CPUID_CACHE: PerCpuArray<CachedCount<CpuidKey>> =
-    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
-
-/// `kvm_pio` by (port, direction, size).
-#[map]
-pub static PIO_EVENTS: PerCpuHashMap<PioKey, u64> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
-
-/// Per-CPU front cache of `PIO_EVENTS`.
-#[map]
-pub static PIO_CACHE: PerCpuArray<CachedCount<PioKey>> =
-    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
-
-/// `kvm_mmio` by (gpa, direction); unsatisfied reads are not counted.
-#[map]
-pub static MMIO_EVENTS: PerCpuHashMap<MmioKey, u64> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
-
-/// Per-CPU front cache of `MMIO_EVENTS`.
-#[map]
-pub static MMIO_CACHE: PerCpuArray<CachedCount<MmioKey>> =
-    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
-
-/// `kvm_msr` by (index, direction).
-#[map]
-pub static MSR_EVENTS: PerCpuHashMap<MsrKey, u64> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
-
-/// Per-CPU front cache of `MSR_EVENTS`.
-#[map]
-pub static MSR_CACHE: PerCpuArray<CachedCount<MsrKey>> =
-    PerCpuArray::with_max_entries(EVENT_CACHE_WAYS, 0);
-
-/// `kvm_hypercall` by number.
-#[map]
-pub static HYPERCALL_EVENTS: PerCpuHashMap<u64, u64> =
-    PerCpuHashMap::with_max_entries(EVENT_MAP_ENTRIES, 0);
 
 /// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
 /// `ioctl(KVM_RUN)`.

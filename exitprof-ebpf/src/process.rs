@@ -21,14 +21,14 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let parent = current().0;
-    if TRACKED_TGIDS.get_ptr(&parent).is_none() {
+    if TRACKED_TGIDS.get_ptr(parent).is_none() {
         return Ok(0);
     }
     // SAFETY: offset read from this kernel's tracefs format.
     let child = unsafe { ctx.read_at::<i32>(offset!(fork_child_pid))? } as u32;
     // A new thread of a tracked process is inserted too (the record cannot
     // tell threads from processes); it is harmless, as its tgid is tracked.
-    let _ = TRACKED_TGIDS.insert(&child, &1, 0);
+    let _ = TRACKED_TGIDS.insert(child, 1, 0);
     Ok(0)
 }
 
@@ -38,7 +38,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, i64> {
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let tid = current().1;
-    let _ = PENDING_EXITS.remove(&tid);
-    let _ = PENDING_USERSPACE.remove(&tid);
+    let _ = PENDING_EXITS.remove(tid);
+    let _ = PENDING_USERSPACE.remove(tid);
     0
 }

@@ -1,4 +1,4 @@
-//! Userspace round trip: from `kvm:kvm_userspace_exit` (KVM_RUN returns to
+//! Userspace round trip: from `kvm:kvm_userspace_exit` (`KVM_RUN` returns to
 //! the VMM) to the same thread's next `ioctl(KVM_RUN)`: how long the VMM
 //! took to handle an exit that reached user space.
 use aya_ebpf::{

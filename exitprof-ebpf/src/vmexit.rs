@@ -170,7 +170,7 @@ fn time_entry() {
             slot: pending.slot,
             _pad: 0,
         };
-        if let Some(stats) = EXIT_BREAKDOWN.get_ptr_mut(&key) {
+        if let Some(stats) = EXIT_BREAKDOWN.get_ptr_mut(key) {
             // SAFETY: per-CPU value of this CPU.
             unsafe {
                 (*stats).timed += 1;

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use common::{EXITPROF, can_profile, count_where, exitprof, json, one_line_error};
+use common::{
+    EXITPROF, attached_exitprof_programs_settled, can_profile, count_where, exitprof, json,
+    one_line_error,
+};
 
 /// The acceptance run of the foundation issue: exact handler-event counts
 /// of the workload's process tree.
@@ -233,32 +236,6 @@ fn stat_when_a_tracepoint_is_missing() {
         err.trim_end(),
         "exitprof: tracepoint kvm:kvm_cpuid does not exist in this kernel (/sys/kernel/tracing/events/kvm/kvm_cpuid/format is missing): is the kvm module loaded? (`modprobe kvm`)"
     );
-}
-
-/// The exitprof programs loaded now, once the count is `want` or 5 s
-/// have passed: the kernel frees a raw tracepoint's link from a work
-/// queue after an RCU grace period, so a program outlives the process
-/// that held it by a few milliseconds.
-fn attached_exitprof_programs_settled(want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = attached_exitprof_programs();
-        if n == want || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn attached_exitprof_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name kvm_cpuid") || l.contains("name kvm_exit"))
-        .count()
 }
 
 /// Ctrl-C detaches every program and still prints the snapshot.

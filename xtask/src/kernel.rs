@@ -21,8 +21,7 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::{
     sandbox::{self, Kernel, KernelLine},
-    setup::run,
-    tasks::workspace_root,
+    util::{download_deb, run, workspace_root},
 };
 
 /// Arguments of `cargo xtask kernel`.
@@ -95,10 +94,9 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         .context("the sandbox kernel is not an amd64 flavour")?;
     let debs = kernel_dir().join("debs");
     let source_package = line.source_package();
-    let source = sandbox::download_deb(&debs, &source_package, version)?;
-    let headers =
-        sandbox::download_deb(&debs, &format!("linux-headers-{}", kernel.release), version)?;
-    let common = sandbox::download_deb(&debs, &format!("linux-headers-{flavour}-common"), version)?;
+    let source = download_deb(&debs, &source_package, version)?;
+    let headers = download_deb(&debs, &format!("linux-headers-{}", kernel.release), version)?;
+    let common = download_deb(&debs, &format!("linux-headers-{flavour}-common"), version)?;
     step.done("download");
 
     let work = kernel_dir().join(format!("build-{}", line.name()));
@@ -162,31 +160,9 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     step.done("kvm modules");
     println!("[kernel] make headers; make the KVM selftest {SELFTEST}");
     make(&tree, &["headers"])?;
-    // 6.12's selftests build with -march=x86-64-v2; the sandbox's CPU
-    // (qemu64) has no SSSE3/SSE4/POPCNT. Explicit -mno- flags win over
-    // -march whatever their order.
-    run_logged(
-        Command::new("make")
-            .arg(format!("-j{jobs}"))
-            .arg("EXTRA_CFLAGS=-mno-ssse3 -mno-sse4.1 -mno-sse4.2 -mno-popcnt")
-            .arg(tree.join(SELFTEST))
-            .current_dir(tree.join("tools/testing/selftests/kvm")),
-        &work.join("selftest-build.log"),
-    )?;
+    build_selftest(&tree, jobs, &work.join("selftest-build.log"))?;
     step.done("selftest");
-
-    let _ = fs::remove_dir_all(&out);
-    for m in MODULES.iter().chain([&SELFTEST]) {
-        let to = out.join(m);
-        fs::create_dir_all(to.parent().expect("module path"))?;
-        fs::copy(tree.join(m), &to).with_context(|| format!("copying {m}"))?;
-    }
-    for m in MODULES {
-        check_module(&out.join(m), kernel)?;
-        // The modules are built with DWARF (for pahole); the sandbox's
-        // initramfs only needs the code and .BTF, which strip keeps.
-        run(Command::new("strip").arg("--strip-debug").arg(out.join(m)))?;
-    }
+    install(&tree, &out, kernel)?;
     fs::write(&stamp, stamp_text)?;
     // The tree stays (target/kernel/build-<line>, about 2 GB) until the
     // next build of the line: deleting its ~100k files took minutes on a
@@ -201,6 +177,40 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         out.display()
     );
     Ok(out)
+}
+
+/// The series' selftest, built in `tree` (after `make headers`).
+fn build_selftest(tree: &Path, jobs: usize, log: &Path) -> anyhow::Result<()> {
+    // 6.12's selftests build with -march=x86-64-v2; the sandbox's CPU
+    // (qemu64) has no SSSE3/SSE4/POPCNT. Explicit -mno- flags win over
+    // -march whatever their order.
+    run_logged(
+        Command::new("make")
+            .arg(format!("-j{jobs}"))
+            .arg("EXTRA_CFLAGS=-mno-ssse3 -mno-sse4.1 -mno-sse4.2 -mno-popcnt")
+            .arg(tree.join(SELFTEST))
+            .current_dir(tree.join("tools/testing/selftests/kvm")),
+        log,
+    )?;
+    Ok(())
+}
+
+/// Copies the modules and the selftest from `tree` to `out`, checks the
+/// modules and strips their debug info.
+fn install(tree: &Path, out: &Path, kernel: &Kernel) -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(out);
+    for m in MODULES.iter().chain([&SELFTEST]) {
+        let to = out.join(m);
+        fs::create_dir_all(to.parent().expect("module path"))?;
+        fs::copy(tree.join(m), &to).with_context(|| format!("copying {m}"))?;
+    }
+    for m in MODULES {
+        check_module(&out.join(m), kernel)?;
+        // The modules are built with DWARF (for pahole); the sandbox's
+        // initramfs only needs the code and .BTF, which strip keeps.
+        run(Command::new("strip").arg("--strip-debug").arg(out.join(m)))?;
+    }
+    Ok(())
 }
 
 /// Wall-clock times of the build's steps, for the final line.
@@ -255,17 +265,17 @@ fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<String> {
 }
 
 /// The image's vmlinux at the top of `tree`, for module BTF.
-fn extract_vmlinux(tree: &Path, vmlinuz: &Path) -> anyhow::Result<()> {
-    let vmlinux = tree.join("vmlinux");
-    let out = fs::File::create(&vmlinux)?;
+fn extract_vmlinux(tree: &Path, image: &Path) -> anyhow::Result<()> {
+    let elf_path = tree.join("vmlinux");
+    let out = fs::File::create(&elf_path)?;
     run(Command::new(tree.join("scripts/extract-vmlinux"))
-        .arg(vmlinuz)
+        .arg(image)
         .stdout(out))?;
-    let elf = fs::read(&vmlinux)?;
+    let elf = fs::read(&elf_path)?;
     ensure!(
         elf.starts_with(b"\x7fELF") && has_section(&elf, ".BTF"),
         "extract-vmlinux gave no ELF with a .BTF section from {}",
-        vmlinuz.display()
+        image.display()
     );
     Ok(())
 }
@@ -449,7 +459,11 @@ mod tests {
                 );
             }
             let magic = format!("ret = {:#018x}ULL;", guest_abi::HYPERCALL_MAGIC);
-            assert!(c.contains(&magic), "{magic} in kernel-patch/{}", line.name());
+            assert!(
+                c.contains(&magic),
+                "{magic} in kernel-patch/{}",
+                line.name()
+            );
             for text in [
                 format!("debugfs_create_file(\"{}\", 0600", guest_abi::DEBUGFS_FILE),
                 format!("strcmp(scope, \"{}\")", guest_abi::DEBUGFS_SCOPE_HOST),
@@ -491,7 +505,10 @@ mod tests {
     fn series_agree_across_kernels() {
         let old = added(KernelLine::V6_1);
         let new = added(KernelLine::V6_12)
-            .replace("kvm_x86_call(has_exit_handler)", "static_call(kvm_x86_has_exit_handler)")
+            .replace(
+                "kvm_x86_call(has_exit_handler)",
+                "static_call(kvm_x86_has_exit_handler)",
+            )
             .replace("\nMODULE_IMPORT_NS(BPF_INTERNAL);\n", "");
         let file = |text: &str, start: &str| -> String {
             let at = text.find(start).unwrap_or_else(|| panic!("{start}"));

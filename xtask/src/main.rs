@@ -2,6 +2,7 @@
 //!
 //! - `setup`: install what a fresh machine lacks (idempotent)
 //! - `demo`: the main job on the built-in default workload
+//! - `lint`: rustfmt and clippy on every crate (the first step of `test`)
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
 //! - `kernel`: the patched KVM modules and selftest for a sandbox kernel
@@ -9,12 +10,11 @@
 
 mod bench;
 mod kernel;
-mod mirror_scenario;
+mod layers;
 mod sandbox;
 mod scenarios;
-mod selftest_scenario;
-mod setup;
 mod tasks;
+mod util;
 
 use clap::{Parser, Subcommand};
 
@@ -32,10 +32,12 @@ enum Task {
     Setup,
     /// Build and run the main job (exitprof top) on the built-in workload VM.
     Demo(tasks::DemoArgs),
+    /// rustfmt and clippy (pedantic, warnings as errors) on every crate.
+    Lint,
     /// Run every test: unit, root integration, nested sandbox.
-    Test(sandbox::E2eArgs),
+    Test(tasks::E2eArgs),
     /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
-    E2e(sandbox::E2eArgs),
+    E2e(tasks::E2eArgs),
     /// Apply kernel-patch/<line>/ to Debian's linux-source-<line> and build
     /// the patched kvm, kvm-amd and kvm-intel modules (with BTF) and the
     /// series' KVM selftest for the matching Debian image (cached under
@@ -58,8 +60,8 @@ enum Task {
         /// Also carry bpftrace, bpftool and perf (as the bench does).
         #[arg(long)]
         tools: bool,
-        /// The Debian kernel line to boot (with --patched: also the
-        /// series' selftest, as /bin/exitprof_test).
+        /// The Debian kernel line to boot (with --patched, the series'
+        /// selftest is on PATH as `exitprof_test`).
         #[arg(long, value_enum, default_value_t)]
         kernel: sandbox::KernelLine,
     },
@@ -67,18 +69,22 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::Setup => setup::setup(),
+        Task::Setup => tasks::setup::setup(),
         Task::Demo(args) => tasks::demo(&args),
+        Task::Lint => tasks::lint(),
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
-            setup::setup()?;
-            sandbox::e2e(&args).map(|_| ())
+            tasks::setup::setup()?;
+            tasks::e2e(&args).map(|_| ())
         }
         Task::Kernel(args) => {
-            setup::setup()?;
+            tasks::setup::setup()?;
             kernel::kernel(&args)
         }
-        Task::Bench(args) => bench::bench(&args),
+        Task::Bench(args) => {
+            tasks::setup::setup()?;
+            bench::bench(&args)
+        }
         Task::Sandbox {
             script,
             shadow,
@@ -86,9 +92,9 @@ fn main() -> anyhow::Result<()> {
             tools,
             kernel,
         } => {
-            setup::setup()?;
+            tasks::setup::setup()?;
             let kernel = sandbox::fetch_kernel_line(kernel)?;
-            let exitprof = tasks::build_release()?;
+            let exitprof = util::build_release()?;
             let modules = if patched {
                 Some(kernel::build(&kernel)?)
             } else {
@@ -111,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                     name: "by-hand",
                     script: &script,
                     npt: !shadow,
-                    timeout: std::time::Duration::from_secs(600),
+                    timeout: std::time::Duration::from_mins(10),
                     modules: modules.as_deref(),
                     extra: &extra,
                     cpus: 2,

@@ -1,8 +1,12 @@
-//! Presenters: turn a [`crate::snapshot::Snapshot`] into text for people.
-//! They never touch maps.
+//! Presenters: turn a [`crate::model::Snapshot`] (or a recording, or a
+//! guest report) into text for people. They never touch maps and do no
+//! I/O.
+pub mod chart;
+pub mod guest;
+pub mod report;
 pub mod table;
 
-use crate::snapshot::ExitRow;
+use crate::model::ExitRow;
 
 /// `1.23 us`, `45.6 ms`, `2.00 s`: three significant digits.
 #[must_use]

@@ -3,10 +3,11 @@
 use std::fmt::Write as _;
 
 use crate::{
-    backend::Backend,
-    mirror::MirrorStatus,
+    model::{
+        Snapshot,
+        events::{EventKind, EventVisitor},
+    },
     present::{duration, exit_columns},
-    snapshot::Snapshot,
 };
 
 /// Renders `snapshot` as the `stat` report. `scope` says what was counted
@@ -14,27 +15,22 @@ use crate::{
 #[must_use]
 pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     let mut out = String::new();
-    let backend = backend_of(snapshot);
     let _ = writeln!(
         out,
         "exitprof: backend {}, {} counted over {} ({} tracepoints)",
-        snapshot.backend,
+        snapshot.backend.name(),
         scope,
         duration(snapshot.interval_ns),
-        snapshot.attach_mode,
+        snapshot.attach_mode.name(),
     );
-    if let Some(note) = backend.and_then(Backend::vmexit_note) {
+    if let Some(note) = snapshot.backend.vmexit_note() {
         let _ = writeln!(out, "note: {note}");
     }
     if !snapshot.attach_note.is_empty() {
         let _ = writeln!(out, "attach: {}", snapshot.attach_note);
     }
-    if !snapshot.guest_mirror.is_empty() {
-        let _ = writeln!(
-            out,
-            "guest mirror: {}",
-            MirrorStatus::describe(&snapshot.guest_mirror)
-        );
+    if let Some(mirror) = snapshot.guest_mirror {
+        let _ = writeln!(out, "guest mirror: {}", mirror.describe());
     }
     out.push('\n');
     if snapshot.vmexit_available {
@@ -61,16 +57,6 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     }
     let _ = writeln!(out, "dropped: {}", snapshot.dropped);
     out
-}
-
-fn backend_of(snapshot: &Snapshot) -> Option<Backend> {
-    match snapshot.backend.as_str() {
-        "vmx" => Some(Backend::Vmx),
-        "svm" => Some(Backend::Svm),
-        "pvm" => Some(Backend::Pvm),
-        "unknown" => Some(Backend::Unknown),
-        _ => None,
-    }
 }
 
 fn render_exits(out: &mut String, snapshot: &Snapshot) {
@@ -123,73 +109,66 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
-fn direction(write: bool) -> &'static str {
-    if write { "write" } else { "read" }
-}
-
-/// The exit-handler event tables (also the TUI's events view).
+/// The exit-handler event tables (also the TUI's events view): one per
+/// kind of the event-kind table that saw events, then the userspace
+/// exits; a section without rows is left out, and when all are, one line
+/// says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
+    struct Tables<'a>(&'a mut String);
+    impl EventVisitor for Tables<'_> {
+        fn rows<K: EventKind>(&mut self, rows: &[K]) {
+            if rows.is_empty() {
+                return;
+            }
+            let _ = writeln!(self.0, "{:<36} {:>10}", K::TITLE, "COUNT");
+            for r in rows {
+                let _ = writeln!(self.0, "{:<36} {:>10}", r.label(), r.count());
+            }
+            self.0.push('\n');
+        }
+    }
     let e = &snapshot.events;
-    let _ = writeln!(out, "{:<36} {:>10}", "CPUID LEAF/SUBLEAF", "COUNT");
-    for r in &e.cpuid {
-        let label = format!("{:#010x}/{:#x}", r.leaf, r.subleaf.unwrap_or(0));
-        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
-    }
-    let _ = writeln!(out, "\n{:<36} {:>10}", "I/O PORT", "COUNT");
-    for r in &e.pio {
-        let label = format!(
-            "{:#06x} {} {}B",
-            r.port,
-            if r.write { "out" } else { "in" },
-            r.size
-        );
-        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
-    }
-    let _ = writeln!(out, "\n{:<36} {:>10}", "MMIO GPA", "COUNT");
-    for r in &e.mmio {
-        let label = format!("{:#014x} {}", r.gpa, direction(r.write));
-        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
-    }
-    let _ = writeln!(out, "\n{:<36} {:>10}", "MSR", "COUNT");
-    for r in &e.msr {
-        let label = format!("{:#010x} {}", r.index, direction(r.write));
-        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
-    }
-    let _ = writeln!(out, "\n{:<36} {:>10}", "HYPERCALL", "COUNT");
-    for r in &e.hypercall {
-        let label = format!("{:#x}", r.nr);
-        let _ = writeln!(out, "{label:<36} {:>10}", r.count);
-    }
-    let _ = writeln!(
-        out,
-        "\n{:<36} {:>10} {:>12} {:>12}",
-        "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
-    );
-    for r in &e.userspace_exit {
-        let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
+    let before = out.len();
+    e.each(&mut Tables(out));
+    if !e.userspace_exit.is_empty() {
         let _ = writeln!(
             out,
             "{:<36} {:>10} {:>12} {:>12}",
-            r.name,
-            r.count,
-            duration(avg),
-            duration(r.roundtrip_max_ns)
+            "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
+        );
+        for r in &e.userspace_exit {
+            let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{:<36} {:>10} {:>12} {:>12}",
+                r.name,
+                r.count,
+                duration(avg),
+                duration(r.roundtrip_max_ns)
+            );
+        }
+        out.push('\n');
+    }
+    if out.len() == before {
+        out.push_str(
+            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
         );
     }
-    out.push('\n');
 }
 
 #[cfg(test)]
 mod tests {
+    use exitprof_common::Isa;
+
     use super::*;
-    use crate::snapshot::{CpuidRow, ExitRow, PioRow, UserspaceExitRow};
+    use crate::model::{Backend, CpuidRow, ExitRow, PioRow, UserspaceExitRow};
 
     fn snapshot() -> Snapshot {
         let mut s = Snapshot::empty(Backend::Svm);
         s.interval_ns = 1_500_000_000;
         s.exits = vec![
             ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason: 0x78,
                 name: "hlt".into(),
                 count: 1,
@@ -201,7 +180,7 @@ mod tests {
                 ..ExitRow::default()
             },
             ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason: 0x72,
                 name: "cpuid".into(),
                 count: 3,
@@ -283,9 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn empty_sections_are_left_out() {
+        let text = render(&snapshot(), "all processes");
+        assert!(!text.contains("HYPERCALL"), "{text}");
+        assert!(!text.contains("MMIO GPA"), "{text}");
+        let mut quiet = snapshot();
+        quiet.events = crate::model::Events::default();
+        let text = render(&quiet, "all processes");
+        assert!(
+            text.contains(
+                "\nno exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn pvm_says_why_there_are_no_exit_rows() {
         let mut s = snapshot();
-        s.backend = "pvm".into();
+        s.backend = Backend::Pvm;
         s.vmexit_available = false;
         s.exits.clear();
         let text = render(&s, "pid 42 and its children");

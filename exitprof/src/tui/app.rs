@@ -2,7 +2,7 @@
 //! No terminal, no maps: snapshots come in as `Action::Data`.
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::snapshot::{ExitRow, Snapshot};
+use crate::model::{ExitRow, Snapshot};
 
 /// Points of rate history kept per reason (the sparkline's width).
 pub const HISTORY: usize = 16;
@@ -355,14 +355,14 @@ impl App {
         let mut rows: Vec<ExitRow> = if self.pid_filter.is_empty() {
             shown.reason_rows().cloned().collect()
         } else {
-            let mut by_reason: BTreeMap<(String, u32), ExitRow> = BTreeMap::new();
+            let mut by_reason: BTreeMap<(exitprof_common::Isa, u32), ExitRow> = BTreeMap::new();
             for r in shown
                 .exits
                 .iter()
                 .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
             {
                 let sum = by_reason
-                    .entry((r.isa.clone(), r.reason))
+                    .entry((r.isa, r.reason))
                     .or_insert_with(|| ExitRow {
                         pid: None,
                         vcpu: None,
@@ -435,7 +435,9 @@ pub fn per_second(count: u64, interval_ns: u64) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use exitprof_common::Isa;
+
+    use crate::model::Backend;
 
     /// A cumulative snapshot at `t_s` seconds with `(name, code, count)`.
     pub fn snap(t_s: u64, rows: &[(&str, u32, u64)]) -> Snapshot {
@@ -444,7 +446,7 @@ pub(crate) mod tests {
         s.exits = rows
             .iter()
             .map(|&(name, reason, count)| ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason,
                 name: name.into(),
                 count,
@@ -537,7 +539,7 @@ pub(crate) mod tests {
     fn with_breakdown(mut s: Snapshot, rows: &[(u32, u32, &str, u32, u64)]) -> Snapshot {
         for &(pid, vcpu, name, reason, count) in rows {
             s.exits.push(ExitRow {
-                isa: "svm".into(),
+                isa: Isa::Svm,
                 reason,
                 name: name.into(),
                 pid: Some(pid),

@@ -9,10 +9,7 @@ use ratatui::{
 };
 
 use super::app::{App, Input, View};
-use crate::{
-    backend::Backend,
-    present::{duration, exit_columns, table::render_events},
-};
+use crate::present::{duration, exit_columns, table::render_events};
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -28,18 +25,9 @@ pub fn sparkline(points: impl Iterator<Item = u64> + Clone) -> String {
         .collect()
 }
 
-fn backend_of(name: &str) -> Backend {
-    match name {
-        "vmx" => Backend::Vmx,
-        "svm" => Backend::Svm,
-        "pvm" => Backend::Pvm,
-        _ => Backend::Unknown,
-    }
-}
-
 impl Widget for &App {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let note = backend_of(&self.latest.backend).vmexit_note();
+        let note = self.latest.backend.vmexit_note();
         let banner_height = if note.is_some() { 3 } else { 0 };
         let [header, tabs, banner, body, footer] = Layout::vertical([
             Constraint::Length(1),
@@ -65,7 +53,7 @@ impl Widget for &App {
         }
         self.footer(footer, buf);
         if self.help {
-            self.help_box(area, buf);
+            App::help_box(area, buf);
         }
     }
 }
@@ -275,7 +263,7 @@ impl App {
         Line::from(text).reversed().render(area, buf);
     }
 
-    fn help_box(&self, area: Rect, buf: &mut Buffer) {
+    fn help_box(area: Rect, buf: &mut Buffer) {
         let lines = [
             "q, Ctrl-C   quit (the terminal is restored)",
             "?           this help",
@@ -378,7 +366,7 @@ mod tests {
     #[test]
     fn pvm_banner_and_empty_exit_view() {
         let mut first = snap(0, &[]);
-        first.backend = "pvm".into();
+        first.backend = crate::model::Backend::Pvm;
         first.vmexit_available = false;
         let mut app = App::new(first, "h".into(), "n/a".into());
         assert_eq!(app.view, View::Events, "PVM opens on the events view");

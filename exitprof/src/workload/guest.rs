@@ -21,6 +21,10 @@ pub const REPORT_PORT: u16 = 0xf0;
 /// Guest-physical address of the query list (12 bytes per [`Query`]).
 pub const QUERIES_GPA: u32 = 0x600;
 /// Most queries one run takes (they must fit below [`CODE_GPA`]).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "constants below 4 KiB, checked at compile time"
+)]
 pub const MAX_QUERIES: usize = (CODE_GPA as usize - QUERIES_GPA as usize) / 12;
 
 /// One instruction whose result registers the guest reports, for reading
@@ -159,7 +163,7 @@ pub enum Hypercall {
     Vmmcall,
 }
 
-/// Registers of the 32-bit encodings used here (ModRM `reg` numbers).
+/// Registers of the 32-bit encodings used here (`ModRM` `reg` numbers).
 #[derive(Clone, Copy)]
 #[repr(u8)]
 enum Reg {

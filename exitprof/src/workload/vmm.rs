@@ -6,8 +6,10 @@ use std::{collections::BTreeMap, ptr::NonNull};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
+use crate::session::signals;
+
 use super::{
-    WorkloadError,
+    error::WorkloadError,
     guest::{
         CODE_GPA, DONE_PORT, Hypercall, PAGE_DIRECTORY_GPA, PARAMS_GPA, Params, QUERIES_GPA, Query,
         REPORT_PORT, page_tables, program,
@@ -16,6 +18,8 @@ use super::{
 
 /// Guest RAM: 1 MiB at GPA 0 (MMIO addresses must lie above it).
 pub const RAM_BYTES: usize = 1 << 20;
+/// [`RAM_BYTES`] as the guest's 32-bit addresses see it.
+const RAM_BYTES_U32: u32 = 1 << 20;
 
 /// Anonymous mapping backing guest RAM.
 struct Ram {
@@ -95,7 +99,7 @@ impl Machine {
         ram.write(u64::from(QUERIES_GPA), &list);
         let paging = params.paging > 0;
         if paging {
-            for (gpa, bytes) in page_tables(RAM_BYTES as u32, mmio_gpa) {
+            for (gpa, bytes) in page_tables(RAM_BYTES_U32, mmio_gpa) {
                 ram.write(u64::from(gpa), &bytes);
             }
         }
@@ -185,7 +189,7 @@ impl Machine {
             let exit = match self.vcpu.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
-                    if crate::signals::received().is_some() {
+                    if signals::received().is_some() {
                         return Ok(false);
                     }
                     continue;
@@ -214,7 +218,7 @@ impl Machine {
                 VcpuExit::MmioWrite(..) => "MMIO",
                 VcpuExit::Hlt => "HLT",
                 VcpuExit::Intr => {
-                    if crate::signals::received().is_some() {
+                    if signals::received().is_some() {
                         return Ok(false);
                     }
                     "INTR"

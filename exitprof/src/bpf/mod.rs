@@ -1,0 +1,315 @@
+//! The only code that holds an `aya::Ebpf`: loads the embedded eBPF
+//! object, hands it its configuration (record offsets from tracefs,
+//! structure offsets from BTF, the process filter), attaches the programs
+//! of the hook table and keeps them attached for the [`Profiler`]'s
+//! lifetime: dropping it detaches every program (also on Ctrl-C and on
+//! errors, by unwinding the owner). Snapshots come out; maps never do.
+mod batch;
+pub mod error;
+pub mod hooks;
+mod maps;
+mod mirror;
+pub mod plan;
+pub mod readout;
+
+use std::time::Instant;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap,
+    programs::{ProgramError, RawTracePoint, TracePoint},
+};
+use exitprof_common::{
+    Config,
+    config::{FILTER_ALL, FILTER_TRACKED},
+};
+
+use crate::{
+    host::{
+        backend,
+        tracefs::{self, TracefsError},
+    },
+    model::{Attached, Backend, ProgramCost, Snapshot},
+};
+pub use error::LoadError;
+use hooks::{Hook, RawHook};
+use maps::{map_error, map_mut, syscall_error};
+use mirror::{Mirror, MirrorStatus};
+pub use plan::AttachMode;
+use plan::{Host, RawPlan};
+
+/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof"));
+
+/// Which processes are counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Every VM on the host.
+    All,
+    /// These processes and the processes they fork from now on.
+    Tracked(Vec<u32>),
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Process filter.
+    pub filter: Filter,
+    /// Also count exits per (process, vCPU, reason).
+    pub breakdown: bool,
+    /// Capacity of every hash map of events (and of the breakdown), when
+    /// not the built-in one: small values show drop accounting in tests.
+    pub map_entries: Option<u32>,
+    /// Turn on the kernel's BPF run-time statistics while profiling, so
+    /// that snapshots say what each program cost. It adds two clock reads
+    /// to every program run, so it is off unless asked for.
+    pub cost: bool,
+    /// Raw or classic tracepoints for the KVM programs.
+    pub attach: AttachMode,
+}
+
+/// Attached programs and their maps.
+pub struct Profiler {
+    ebpf: Ebpf,
+    backend: Backend,
+    started: Instant,
+    /// Programs attached, by name.
+    attached: Vec<&'static str>,
+    /// Holds `kernel.bpf_stats_enabled` on while open (`Options::cost`).
+    stats: Option<std::os::fd::OwnedFd>,
+    /// The registration with a patched KVM's guest CPUID mirror.
+    mirror: Mirror,
+    /// See [`RawPlan::attached`].
+    attached_as: Attached,
+    /// See [`RawPlan::note`].
+    attach_note: String,
+}
+
+impl Profiler {
+    /// Loads and attaches everything `options` asks for.
+    ///
+    /// # Errors
+    /// See [`LoadError`]; every variant says what to do.
+    pub fn start(options: &Options) -> Result<Self, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        if EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let hooks = hooks::all();
+        let formats = read_formats(&hooks)?;
+        let find = |event: &str| {
+            formats
+                .iter()
+                .find(|(h, _)| h.event == event)
+                .and_then(|(_, f)| f.as_ref())
+        };
+        let plan = RawPlan::decide(options.attach, &Host::this())?;
+        let config = Config {
+            filter: match options.filter {
+                Filter::All => FILTER_ALL,
+                Filter::Tracked(_) => FILTER_TRACKED,
+            },
+            breakdown: u32::from(options.breakdown),
+            offsets: hooks::offsets(&find)?,
+            raw: plan.offsets,
+        };
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CONFIG", &config, true);
+        if let Some(entries) = options.map_entries {
+            for map in hooks::sized_maps() {
+                loader.map_max_entries(map, entries);
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| LoadError::Load(Box::new(e)))?;
+        if let Filter::Tracked(pids) = &options.filter {
+            let mut tracked: HashMap<_, u32, u8> = map_mut(&mut ebpf, "TRACKED_TGIDS")?;
+            for pid in pids {
+                tracked
+                    .insert(pid, 1, 0)
+                    .map_err(|e| map_error("TRACKED_TGIDS", e))?;
+            }
+        }
+        let mut attached = Vec::new();
+        for (hook, format) in &formats {
+            if format.is_none() {
+                log::warn!(
+                    "{}:{} is missing: {} is not attached",
+                    hook.category,
+                    hook.event,
+                    hook.program
+                );
+                continue;
+            }
+            match &hook.raw {
+                Some(raw) if plan.is_raw(raw.group) => {
+                    attach(&mut ebpf, hook, Some(raw))?;
+                    attached.push(raw.program);
+                }
+                _ => {
+                    attach(&mut ebpf, hook, None)?;
+                    attached.push(hook.program);
+                }
+            }
+        }
+        let stats = if options.cost {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    eprintln!(
+                        "exitprof: note: cannot enable BPF run-time statistics ({e}): no cost figures"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mirror = match ebpf.map("EXIT_STATS").and_then(mirror::map_fd) {
+            Some(fd) => Mirror::register(fd),
+            None => Mirror::unregistered(MirrorStatus::Failed(
+                "EXIT_STATS is not a per-CPU array".to_owned(),
+            )),
+        };
+        if let MirrorStatus::Failed(why) = &mirror.status {
+            eprintln!("exitprof: note: guest CPUID mirror: {why}");
+        }
+        Ok(Self {
+            ebpf,
+            backend: backend::detect(),
+            started: Instant::now(),
+            attached,
+            stats,
+            mirror,
+            attached_as: plan.attached(),
+            attach_note: plan.note(),
+        })
+    }
+
+    /// Counts process `pid` (and its future children) from now on.
+    ///
+    /// # Errors
+    /// When the map of tracked processes is full.
+    pub fn track(&mut self, pid: u32) -> Result<(), LoadError> {
+        let mut tracked: HashMap<_, u32, u8> = map_mut(&mut self.ebpf, "TRACKED_TGIDS")?;
+        tracked
+            .insert(pid, 1, 0)
+            .map_err(|e| map_error("TRACKED_TGIDS", e))
+    }
+
+    /// Fills the per-vCPU breakdown map with `keys` synthetic keys (pid
+    /// `4_000_000`, 30 SVM reasons from 0x60 per vCPU), so that the readout
+    /// and the TUI can be measured under a big host's load on a machine
+    /// whose KVM emits no `kvm_exit`. Never used for a real profile.
+    ///
+    /// # Errors
+    /// When the map refuses the keys.
+    pub fn fill_breakdown_for_load_test(&mut self, keys: u32) -> Result<(), LoadError> {
+        use aya::maps::{PerCpuHashMap, PerCpuValues};
+        use exitprof_common::{
+            maps::{BreakdownKey, BreakdownStats},
+            reasons::{Isa, slot},
+        };
+        let cpus = maps::possible_cpus("EXIT_BREAKDOWN")?;
+        let mut map: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
+            map_mut(&mut self.ebpf, "EXIT_BREAKDOWN")?;
+        for i in 0..keys {
+            let (vcpu, r) = (i / 30, i % 30);
+            let key = BreakdownKey {
+                pid: 4_000_000,
+                vcpu,
+                slot: slot(Isa::Svm as u32, 0x60 + r),
+                _pad: 0,
+            };
+            let value = BreakdownStats {
+                count: u64::from(vcpu + r + 1),
+                timed: u64::from(vcpu + r + 1),
+                total_ns: 1_000 * u64::from(vcpu + r + 1),
+                max_ns: 2_000,
+            };
+            let values = PerCpuValues::try_from(vec![value; cpus])
+                .map_err(|e| syscall_error("EXIT_BREAKDOWN", "per-cpu values", e))?;
+            map.insert(key, values, 0)
+                .map_err(|e| map_error("EXIT_BREAKDOWN", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether userspace round trips are measured (`sys_enter_ioctl`).
+    #[must_use]
+    pub fn measures_roundtrips(&self) -> bool {
+        self.attached.contains(&"sys_enter_ioctl")
+    }
+
+    /// Reads every map into one snapshot covering the time since start.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
+        let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        if self.stats.is_some() {
+            snapshot.programs = self
+                .attached
+                .iter()
+                .filter_map(|name| {
+                    let info = self.ebpf.program(name)?.info().ok()?;
+                    Some(ProgramCost {
+                        name: (*name).to_owned(),
+                        run_count: info.run_count(),
+                        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    })
+                })
+                .collect();
+        }
+        snapshot.interval_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        snapshot.guest_mirror = Some(self.mirror.status.state());
+        snapshot.attach_mode = self.attached_as;
+        self.attach_note.clone_into(&mut snapshot.attach_note);
+        Ok(snapshot)
+    }
+}
+
+/// Each hook with its tracepoint's format; `None` for an optional
+/// tracepoint this kernel lacks (its program is not attached).
+fn read_formats(hooks: &[Hook]) -> Result<Vec<(&Hook, Option<tracefs::Format>)>, LoadError> {
+    let root = tracefs::ensure_mounted()?;
+    let mut formats = Vec::new();
+    for hook in hooks {
+        match tracefs::read_format(&root, hook.category, hook.event) {
+            Ok(format) => formats.push((hook, Some(format))),
+            Err(TracefsError::MissingEvent { .. }) if !hook.required => {
+                formats.push((hook, None));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(formats)
+}
+
+/// Loads and attaches `hook`'s classic program, or its raw one.
+fn attach(ebpf: &mut Ebpf, hook: &Hook, raw: Option<&RawHook>) -> Result<(), LoadError> {
+    let name = raw.map_or(hook.program, |r| r.program);
+    let fail = |source: ProgramError| LoadError::Attach {
+        program: name,
+        category: hook.category,
+        event: hook.event,
+        source: Box::new(source),
+    };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| fail(ProgramError::UnexpectedProgramType))?;
+    if raw.is_some() {
+        let program: &mut RawTracePoint = program.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(hook.event).map_err(fail)?;
+    } else {
+        let program: &mut TracePoint = program.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(hook.category, hook.event).map_err(fail)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Readout: every map summed over CPUs into one [`Snapshot`]; presenters
+//! read snapshots, never maps.
+use std::collections::BTreeMap;
+
+use aya::{Ebpf, Pod};
+use exitprof_common::{
+    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, UserspaceExitStats},
+    reasons::{self, Isa, SLOT_VMX_OTHER},
+    userspace_exit,
+};
+
+use super::{
+    error::LoadError,
+    maps::{array_entries, hash_entries},
+};
+use crate::model::{
+    Backend, Events, ExitRow, Snapshot,
+    events::{EventKind, EventReader, UserspaceExitRow},
+};
+
+/// Code reported for the "other" slots, whose raw code the array does not
+/// keep: VMX (basic reasons are 16 bits, so this is no real code) ...
+pub const OTHER_VMX_CODE: u32 = u32::MAX;
+/// ... and SVM.
+pub const OTHER_SVM_CODE: u32 = u32::MAX - 1;
+
+/// Reads every map.
+///
+/// # Errors
+/// When a map cannot be read.
+pub fn read(ebpf: &Ebpf, backend: Backend) -> Result<Snapshot, LoadError> {
+    let mut snapshot = Snapshot::empty(backend);
+    for (slot, per_cpu) in array_entries::<ExitStats>(ebpf, "EXIT_STATS")?
+        .iter()
+        .enumerate()
+    {
+        let sum = sum_exit_stats(per_cpu);
+        if sum.count == 0 && sum.timed == 0 {
+            continue;
+        }
+        snapshot.exits.push(exit_row(
+            u32::try_from(slot).unwrap_or(u32::MAX),
+            None,
+            &sum,
+        ));
+    }
+    let mut rows = Vec::new();
+    for (key, per_cpu) in hash_entries::<BreakdownKey, BreakdownStats>(ebpf, "EXIT_BREAKDOWN")? {
+        let mut sum = ExitStats::ZERO;
+        for v in &per_cpu {
+            sum.count += v.count;
+            sum.timed += v.timed;
+            sum.total_ns += v.total_ns;
+            sum.max_ns = sum.max_ns.max(v.max_ns);
+        }
+        let mut row = exit_row(key.slot, Some((key.pid, key.vcpu)), &sum);
+        row.hist_log2_ns.clear();
+        rows.push(row);
+    }
+    rows.sort_unstable_by_key(|r| (r.pid, r.vcpu, r.reason));
+    snapshot.exits.extend(rows);
+    snapshot.events = read_events(ebpf)?;
+    snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?
+        .iter()
+        .flatten()
+        .sum();
+    Ok(snapshot)
+}
+
+/// Sums one slot over CPUs: counters add, min/max combine.
+#[must_use]
+pub fn sum_exit_stats(per_cpu: &[ExitStats]) -> ExitStats {
+    let mut sum = ExitStats::ZERO;
+    for v in per_cpu {
+        sum.count += v.count;
+        sum.timed += v.timed;
+        sum.total_ns += v.total_ns;
+        if v.timed > 0 && (sum.min_ns == 0 || v.min_ns < sum.min_ns) {
+            sum.min_ns = v.min_ns;
+        }
+        sum.max_ns = sum.max_ns.max(v.max_ns);
+        for (s, b) in sum.hist_log2_ns.iter_mut().zip(v.hist_log2_ns) {
+            *s += b;
+        }
+    }
+    sum
+}
+
+fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
+    let (isa, reason, name) = match reasons::slot_reason(slot) {
+        Some((isa, code)) => (isa, code, reasons::name(isa, code)),
+        None if slot == SLOT_VMX_OTHER => (Isa::Vmx, OTHER_VMX_CODE, "other"),
+        None => (Isa::Svm, OTHER_SVM_CODE, "other"),
+    };
+    ExitRow {
+        isa,
+        reason,
+        name: name.to_owned(),
+        pid: who.map(|w| w.0),
+        vcpu: who.map(|w| w.1),
+        count: sum.count,
+        timed: sum.timed,
+        total_ns: sum.total_ns,
+        min_ns: sum.min_ns,
+        max_ns: sum.max_ns,
+        hist_log2_ns: sum.hist_log2_ns.to_vec(),
+    }
+}
+
+/// Sums a per-CPU hash map of counters, and its per-CPU front cache
+/// (`CachedCount`) when it has one, into `(key, total)`, sorted by key.
+/// The cache is read first: per (CPU, key) the larger of cache and map is
+/// the count, which never goes backwards while events arrive (see
+/// `CachedCount`).
+fn counts<K: Pod + Ord>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    cache: Option<&'static str>,
+) -> Result<Vec<(K, u64)>, LoadError> {
+    let cached = match cache {
+        Some(cache) => array_entries::<CachedCount<K>>(ebpf, cache)?,
+        None => Vec::new(),
+    };
+    let mut per_key: BTreeMap<K, Vec<u64>> =
+        hash_entries::<K, u64>(ebpf, name)?.into_iter().collect();
+    for way in &cached {
+        for (cpu, c) in way.iter().enumerate() {
+            if c.count == 0 {
+                continue;
+            }
+            let values = per_key.entry(c.key).or_default();
+            if values.len() <= cpu {
+                values.resize(cpu + 1, 0);
+            }
+            values[cpu] = values[cpu].max(c.count);
+        }
+    }
+    Ok(per_key
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().sum()))
+        .collect())
+}
+
+/// Reads each handler-event kind of the table from its maps.
+struct Reader<'a>(&'a Ebpf);
+
+impl EventReader for Reader<'_> {
+    type Error = LoadError;
+
+    fn read<K: EventKind>(&mut self) -> Result<Vec<K>, LoadError> {
+        let source = K::SOURCE;
+        Ok(counts::<K::Key>(self.0, source.map, source.cache)?
+            .iter()
+            .map(|(key, count)| K::from_key(key, *count))
+            .collect())
+    }
+}
+
+fn read_events(ebpf: &Ebpf) -> Result<Events, LoadError> {
+    let mut userspace_exit = Vec::new();
+    for (slot, per_cpu) in array_entries::<UserspaceExitStats>(ebpf, "USERSPACE_EXITS")?
+        .iter()
+        .enumerate()
+    {
+        if per_cpu.iter().all(|v| v.count == 0 && v.roundtrips == 0) {
+            continue;
+        }
+        let reason = userspace_exit::slot_reason(u32::try_from(slot).unwrap_or(u32::MAX));
+        let mut row = UserspaceExitRow {
+            reason,
+            name: userspace_exit_name(reason),
+            ..UserspaceExitRow::default()
+        };
+        for v in per_cpu {
+            row.count += v.count;
+            row.roundtrips += v.roundtrips;
+            row.roundtrip_total_ns += v.roundtrip_total_ns;
+            row.roundtrip_max_ns = row.roundtrip_max_ns.max(v.roundtrip_max_ns);
+        }
+        userspace_exit.push(row);
+    }
+    userspace_exit.sort_by_key(|r| r.reason);
+    Events::read(&mut Reader(ebpf), userspace_exit)
+}
+
+/// `IO`, `HLT`, ..., or `restart (EINTR)` / `error (errno N)`.
+#[must_use]
+pub fn userspace_exit_name(reason: u32) -> String {
+    if reason == userspace_exit::OTHER {
+        return "other (reason >= 64 or errno >= 192)".to_owned();
+    }
+    if let Some(errno) = reason.checked_sub(userspace_exit::ERRNO_BASE) {
+        if errno == userspace_exit::EINTR {
+            "restart (EINTR)".to_owned()
+        } else {
+            format!("error (errno {errno})")
+        }
+    } else {
+        userspace_exit::NAMES
+            .get(reason as usize)
+            .map_or_else(|| format!("exit_{reason}"), |n| (*n).to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_combines_min_max_and_histograms() {
+        let mut a = ExitStats::ZERO;
+        a.count = 3;
+        a.timed = 3;
+        a.total_ns = 300;
+        a.min_ns = 50;
+        a.max_ns = 200;
+        a.hist_log2_ns[5] = 1;
+        a.hist_log2_ns[7] = 2;
+        let mut b = ExitStats::ZERO;
+        b.count = 2;
+        b.timed = 1;
+        b.total_ns = 40;
+        b.min_ns = 40;
+        b.max_ns = 40;
+        b.hist_log2_ns[5] = 1;
+        // A CPU that never timed an exit must not pull the minimum to 0.
+        let idle = ExitStats::ZERO;
+        let s = sum_exit_stats(&[a, idle, b]);
+        assert_eq!((s.count, s.timed, s.total_ns), (5, 4, 340));
+        assert_eq!((s.min_ns, s.max_ns), (40, 200));
+        assert_eq!((s.hist_log2_ns[5], s.hist_log2_ns[7]), (2, 2));
+    }
+
+    #[test]
+    fn userspace_exit_names() {
+        assert_eq!(userspace_exit_name(2), "IO");
+        assert_eq!(userspace_exit_name(5), "HLT");
+        assert_eq!(userspace_exit_name(6), "MMIO");
+        assert_eq!(userspace_exit_name(0x1_0004), "restart (EINTR)");
+        assert_eq!(userspace_exit_name(0x1_000e), "error (errno 14)");
+        assert_eq!(userspace_exit_name(99), "exit_99");
+    }
+}

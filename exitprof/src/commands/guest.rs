@@ -1,0 +1,42 @@
+//! `exitprof guest`: inside a VM, the hypervisor's exit statistics from
+//! the CPUID leaves of a KVM with exitprof's patch.
+use std::process::ExitCode;
+
+use crate::{
+    guest::{Native, query},
+    present::guest::render,
+};
+
+/// Arguments of `exitprof guest`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Runs inside a virtual machine whose host runs a KVM with exitprof's patch
+(kernel-patch/) and `sudo exitprof stat` or `top`. Exit counts are the low
+32 bits of the host's counters; cycles are host TSC cycles. Every query is
+itself a CPUID exit, so the CPUID row includes this command's own queries.
+
+Examples:
+  exitprof guest
+  exitprof guest --all --json")]
+pub struct GuestArgs {
+    /// Also list reasons with no exits.
+    #[arg(long)]
+    pub all: bool,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `exitprof guest`.
+///
+/// # Errors
+/// When the statistics cannot be read (one line, see [`GuestError`]).
+pub fn main(args: &GuestArgs) -> anyhow::Result<ExitCode> {
+    let report = query(&mut Native, args.all)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

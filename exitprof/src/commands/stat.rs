@@ -1,0 +1,93 @@
+//! `exitprof stat`: count while a command runs (or for a duration, or until
+//! Ctrl-C), then print one report, like `perf stat`.
+use std::{process::ExitCode, time::Duration};
+
+use crate::{
+    bpf::AttachMode,
+    cli::{parse_duration, parse_live_pid},
+    host::procfs,
+    present::table,
+    session::{Run, profile, signals},
+};
+
+/// Arguments of `exitprof stat`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  sudo exitprof stat -- exitprof vm --cpuid 1234 --pio 300 --mmio 200
+      count the built-in workload VM's exits (and only its process tree)
+  sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s
+      count one running VM for 10 seconds
+  sudo exitprof stat --json --duration 5s
+      every VM on the host, one JSON snapshot
+  sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
+      what each program costs per event with classic tracepoints")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line flags, each its own switch"
+)]
+pub struct StatArgs {
+    /// Print one JSON snapshot (the contract in README.md, "JSON") instead
+    /// of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Count only this process (and its children from now on); repeatable.
+    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_live_pid, conflicts_with = "command")]
+    pub pids: Vec<u32>,
+    /// Stop after this long (500ms, 5s, 2m); default: until COMMAND exits
+    /// or Ctrl-C.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// With COMMAND: count every VM on the host, not only COMMAND's tree.
+    #[arg(short, long, requires = "command")]
+    pub all: bool,
+    /// Also break exits down per VM process and vCPU.
+    #[arg(long)]
+    pub by_vcpu: bool,
+    /// Also report exitprof's own cost: runs and time per program, from
+    /// the kernel's BPF statistics (adds a little to every program run).
+    #[arg(long)]
+    pub cost: bool,
+    /// Attach the KVM programs as raw tracepoints (offsets from BTF), as
+    /// classic tracepoints (offsets from tracefs), or raw where possible.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// Capacity of the event maps (testing drop accounting).
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub map_entries: Option<u32>,
+    /// The command to run and profile.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Runs `exitprof stat`.
+///
+/// # Errors
+/// Loading, attaching, spawning or reading fails; each error says why.
+pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = procfs::not_a_vm(&args.pids) {
+        anyhow::bail!(why);
+    }
+    signals::install();
+    let outcome = profile(&Run {
+        command: &args.command,
+        pids: &args.pids,
+        all: args.all,
+        duration: args.duration,
+        breakdown: args.by_vcpu,
+        map_entries: args.map_entries,
+        cost: args.cost,
+        attach: args.attach,
+        interval: None,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome.snapshot)?);
+    } else {
+        print!("{}", table::render(&outcome.snapshot, &outcome.scope));
+    }
+    Ok(match outcome.status {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None if signals::received().is_some() => ExitCode::from(130),
+        None => ExitCode::SUCCESS,
+    })
+}

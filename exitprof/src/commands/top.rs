@@ -1,0 +1,125 @@
+//! `exitprof top`: live tables of exits (the TUI), or one interval as
+//! text (`--once`, or stdout no terminal), or a JSON snapshot per interval.
+use std::{
+    io::IsTerminal as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    bpf::{AttachMode, Filter, Options, Profiler},
+    cli::{parse_duration, parse_live_pid},
+    host::{paging, procfs},
+    present::table,
+    session::signals,
+    tui::{self, app::App},
+};
+
+/// Arguments of `exitprof top`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  sudo exitprof top                   live tables, refreshed every second
+  sudo exitprof top -d 500ms --pid $(pidof qemu-system-x86_64)
+  sudo exitprof top --once            one interval as text, like top -b -n 1
+  sudo exitprof top --json -d 2s      one JSON snapshot per interval")]
+pub struct TopArgs {
+    /// Refresh interval (500ms, 1s, 2s).
+    #[arg(short, long, default_value = "1s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Count only this process (and its children from now on); repeatable.
+    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_live_pid)]
+    pub pids: Vec<u32>,
+    /// Print one interval as text tables and exit (also when stdout is no
+    /// terminal).
+    #[arg(long)]
+    pub once: bool,
+    /// Print one JSON snapshot per interval (counts of that interval).
+    #[arg(long, conflicts_with = "once")]
+    pub json: bool,
+    /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// Load test of exitprof itself: fill the per-vCPU map with this many
+    /// synthetic vCPUs × 30 reasons before starting.
+    #[arg(long, hide = true, value_name = "VCPUS")]
+    pub load_test_vcpus: Option<u32>,
+}
+
+/// Runs `exitprof top`.
+///
+/// # Errors
+/// Loading, reading or the terminal fails; each error says why.
+pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = procfs::not_a_vm(&args.pids) {
+        anyhow::bail!(why);
+    }
+    let filter = if args.pids.is_empty() {
+        Filter::All
+    } else {
+        Filter::Tracked(args.pids.clone())
+    };
+    let mut profiler = Profiler::start(&Options {
+        filter,
+        breakdown: true,
+        map_entries: None,
+        cost: false,
+        attach: args.attach,
+    })?;
+    if args.json {
+        signals::install();
+        return stream_json(&profiler, args.delay);
+    }
+    if args.once || !std::io::stdout().is_terminal() {
+        signals::install();
+        sleep_unless_signalled(args.delay);
+        let scope = if args.pids.is_empty() {
+            "all processes".to_owned()
+        } else {
+            format!("pid {:?}", args.pids)
+        };
+        print!("{}", table::render(&profiler.snapshot()?, &scope));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let app = App::new(
+        profiler.snapshot()?,
+        procfs::hostname(),
+        paging::paging_label(),
+    );
+    if let Some(vcpus) = args.load_test_vcpus {
+        // After the baseline, so the synthetic rows show as new exits.
+        profiler.fill_breakdown_for_load_test(vcpus * 30)?;
+    }
+    let mut terminal = ratatui::init();
+    let result = runtime.block_on(tui::run(&mut terminal, app, args.delay, || {
+        Ok(profiler.snapshot()?)
+    }));
+    // Restored on every path out of `run`, errors included (and by
+    // ratatui's panic hook on a panic).
+    ratatui::restore();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Sleeps `total`, returning early on SIGINT/SIGTERM.
+fn sleep_unless_signalled(total: Duration) {
+    let end = Instant::now() + total;
+    while Instant::now() < end && signals::received().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stream_json(profiler: &Profiler, delay: Duration) -> anyhow::Result<ExitCode> {
+    let mut previous = profiler.snapshot()?;
+    loop {
+        sleep_unless_signalled(delay);
+        if signals::received().is_some() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = profiler.snapshot()?;
+        println!("{}", serde_json::to_string(&now.since(&previous))?);
+        previous = now;
+    }
+}

@@ -1,0 +1,46 @@
+//! `exitprof guest`'s table, like `perf kvm stat report`.
+use std::fmt::Write as _;
+
+use crate::{guest::GuestReport, present::percent};
+
+/// The table, like `perf kvm stat report`.
+#[must_use]
+pub fn render(report: &GuestReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "exitprof guest: hypervisor isa {}, exitprof ABI {}, host TSC {} kHz",
+        report.isa, report.abi_version, report.tsc_khz
+    );
+    let _ = writeln!(
+        out,
+        "total: {} exits, {} cycles in exits",
+        report.total_exits, report.total_cycles
+    );
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "{:>10}  {:<24} {:>10} {:>8} {:>14} {:>8} {:>10}",
+        "REASON", "NAME", "EXITS", "EXITS%", "CYCLES", "CYCLES%", "AVG CYC"
+    );
+    for r in &report.reasons {
+        let _ = writeln!(
+            out,
+            "{:>10}  {:<24} {:>10} {:>8} {:>14} {:>8} {:>10}",
+            format!("{:#x}", r.reason),
+            r.name,
+            r.exits,
+            percent(u64::from(r.exits), u64::from(report.total_exits)),
+            r.cycles,
+            percent(r.cycles, report.total_cycles),
+            r.cycles.checked_div(u64::from(r.exits)).unwrap_or(0)
+        );
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "note: this report took {} CPUID exits, counted in its CPUID row",
+        report.queries
+    );
+    out
+}

@@ -1,0 +1,137 @@
+//! One profiling run: attach, spawn the command held before `exec` until
+//! it is tracked, wait for it, a duration or a signal, read the maps, and
+//! detach on every way out. The process-handling `unsafe` code lives here
+//! (`child.rs`) and in `signals.rs`, nowhere else.
+mod child;
+pub mod signals;
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    bpf::{AttachMode, Filter, Options, Profiler},
+    model::Snapshot,
+};
+use child::GatedChild;
+
+/// What to profile, and for how long.
+pub struct Run<'a> {
+    /// Command to run and count (its process tree unless `all`).
+    pub command: &'a [String],
+    /// Processes to count (exclusive with `command`).
+    pub pids: &'a [u32],
+    /// With a command: count the whole host.
+    pub all: bool,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Per (process, vCPU) rows too.
+    pub breakdown: bool,
+    /// Event map capacity override.
+    pub map_entries: Option<u32>,
+    /// Report exitprof's own cost per program.
+    pub cost: bool,
+    /// Raw or classic tracepoints.
+    pub attach: AttachMode,
+    /// Also take a cumulative snapshot every interval.
+    pub interval: Option<Duration>,
+}
+
+/// What a profiled run saw.
+pub struct Outcome {
+    /// Everything, at the end.
+    pub snapshot: Snapshot,
+    /// Cumulative snapshots every `Run::interval`.
+    pub intervals: Vec<Snapshot>,
+    /// The command's exit code, when it exited (128 + signal if killed).
+    pub status: Option<i32>,
+    /// What was counted, for people.
+    pub scope: String,
+}
+
+/// Attaches, runs the command (held before exec until it is tracked),
+/// waits for it, the duration or SIGINT/SIGTERM, and reads the maps. The
+/// programs are detached when this returns, on every path.
+///
+/// # Errors
+/// Loading, attaching, spawning or reading fails.
+pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
+    if let Some(program) = run.command.first() {
+        child::runnable(program)?;
+    }
+    let filter = if !run.pids.is_empty() {
+        Filter::Tracked(run.pids.to_vec())
+    } else if run.command.is_empty() || run.all {
+        Filter::All
+    } else {
+        // The command's pid is tracked once it is spawned, before it runs.
+        Filter::Tracked(Vec::new())
+    };
+    let tracked_command = matches!(filter, Filter::Tracked(ref p) if p.is_empty());
+    let mut profiler = Profiler::start(&Options {
+        filter,
+        breakdown: run.breakdown,
+        map_entries: run.map_entries,
+        cost: run.cost,
+        attach: run.attach,
+    })?;
+    if !profiler.measures_roundtrips() {
+        eprintln!(
+            "exitprof: note: syscalls:sys_enter_ioctl is missing (CONFIG_FTRACE_SYSCALLS): userspace round trips are not measured"
+        );
+    }
+    let scope = if !run.pids.is_empty() {
+        let pids: Vec<String> = run.pids.iter().map(u32::to_string).collect();
+        format!("pid {} and children", pids.join(","))
+    } else if tracked_command {
+        format!("`{}` and its children", run.command.join(" "))
+    } else {
+        "all processes".to_owned()
+    };
+    let mut child = if run.command.is_empty() {
+        None
+    } else {
+        let mut child = GatedChild::fork(run.command)?;
+        if tracked_command && let Err(e) = profiler.track(child.id()) {
+            child.terminate();
+            return Err(e.into());
+        }
+        child.release()?;
+        Some(child)
+    };
+    let started = Instant::now();
+    let deadline = run.duration.map(|d| started + d);
+    let mut next_interval = run.interval.map(|i| started + i);
+    let mut intervals = Vec::new();
+    let mut status = None;
+    loop {
+        if let Some(c) = child.as_mut()
+            && let Some(s) = c.try_wait()?
+        {
+            status = Some(s);
+            break;
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) || signals::received().is_some() {
+            break;
+        }
+        if let (Some(at), Some(every)) = (next_interval, run.interval)
+            && now >= at
+        {
+            intervals.push(profiler.snapshot()?);
+            next_interval = Some(at + every);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let snapshot = profiler.snapshot()?;
+    drop(profiler);
+    if let (Some(c), None) = (child.as_mut(), status) {
+        // Stopped by the deadline or a signal while the command runs: end
+        // it as `perf stat --timeout` does.
+        c.terminate();
+    }
+    Ok(Outcome {
+        snapshot,
+        intervals,
+        status,
+        scope,
+    })
+}

@@ -1,0 +1,129 @@
+//! The sandbox part: one boot of the nested SVM sandbox, every tracer.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+
+use super::{
+    tools::{bpftool_costs, exitprof_costs, push_slowdowns},
+    types::{BPFTRACE_VMEXIT, Report, Sizes},
+};
+use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario};
+
+/// The sandbox part: one boot, every tracer.
+pub(super) fn sandbox_bench(
+    exitprof: &Path,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let kernel = sandbox::fetch_kernel()?;
+    let cpuid = sizes.sandbox_cpuid;
+    let pio = sizes.sandbox_pio;
+    let rounds = sizes.sandbox_rounds;
+    let script = format!(
+        r#"
+T() {{ sed 's/.*"duration_ns":\([0-9]*\).*/\1/'; }}
+CPUID="exitprof vm --json --cpuid {cpuid}"
+IO="exitprof vm --json --pio {pio}"
+BT='{BPFTRACE_VMEXIT}'
+wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; }}
+# Per-event cost: exitprof's own statistics in each mode, bpftrace's from bpftool.
+for mode in raw classic; do
+  timeout 300 exitprof stat --cost --json --attach $mode -- $CPUID > /tmp/cost.out 2>/dev/null
+  echo "@@EXITPROF cost_$mode $(tail -n 1 /tmp/cost.out)"
+done
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+bpftrace -e "$BT" > /dev/null 2>&1 &
+wait_prog kvm_exit
+$CPUID > /dev/null
+echo "@@EXITPROF cost_bpftrace $(bpftool prog show -j)"
+kill -INT $!; wait $!
+echo 0 > /proc/sys/kernel/bpf_stats_enabled
+# Slowdown: every tracer, interleaved, {rounds} round(s).
+for r in $(seq {rounds}); do
+  for tracer in none exitprof-raw exitprof-classic bpftrace perf; do
+    case $tracer in
+      none) PID= ;;
+      exitprof-raw) exitprof stat --attach raw --duration 10m > /dev/null 2>&1 & PID=$!; wait_prog kvm_exit_raw ;;
+      exitprof-classic) exitprof stat --attach classic --duration 10m > /dev/null 2>&1 & PID=$!; wait_prog kvm_exit ;;
+      bpftrace) bpftrace -e "$BT" > /dev/null 2>&1 & PID=$!; wait_prog kvm_exit ;;
+      perf) perf kvm stat record -a -o /tmp/perf.data > /dev/null 2>&1 & PID=$!; sleep 5 ;;
+    esac
+    echo "@@EXITPROF time $tracer cpuid-storm $($CPUID | T)"
+    echo "@@EXITPROF time $tracer io-storm $($IO | T)"
+    if [ -n "$PID" ]; then kill -INT $PID; wait $PID; fi
+  done
+done
+"#
+    );
+    let results = sandbox::run_scenario(
+        &kernel,
+        exitprof,
+        &Scenario {
+            name: "bench",
+            script: &script,
+            npt: true,
+            timeout: Duration::from_secs(sizes.sandbox_timeout_s),
+            modules: None,
+            extra: BENCH_TOOLS,
+            cpus: 1,
+        },
+    )?;
+    for mode in ["raw", "classic"] {
+        let snapshot: Value = serde_json::from_str(results.get(&format!("cost_{mode}"))?)
+            .with_context(|| format!("exitprof stat --attach {mode} printed no JSON"))?;
+        report
+            .sandbox_cost
+            .extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
+    }
+    let programs: Value = serde_json::from_str(results.get("cost_bpftrace")?)
+        .context("bpftool printed no JSON in the sandbox")?;
+    report.sandbox_cost.extend(bpftool_costs(
+        programs.as_array().map_or(&[][..], Vec::as_slice),
+        "bpftrace",
+        &["kvm_exit", "kvm_entry"],
+    ));
+    let tracers = [
+        "none",
+        "exitprof-raw",
+        "exitprof-classic",
+        "bpftrace",
+        "perf",
+    ];
+    for workload in ["cpuid-storm", "io-storm"] {
+        let times = sandbox_times(&results, workload, &tracers)?;
+        push_slowdowns(&mut report.sandbox_slowdown, workload, &tracers, times);
+    }
+    Ok(())
+}
+
+pub(super) fn sandbox_times(
+    results: &Results,
+    workload: &str,
+    tracers: &[&str],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::new(); tracers.len()];
+    for line in results.all("time") {
+        let mut parts = line.split_whitespace();
+        let (Some(tracer), Some(w), Some(ns)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("bad time line {line:?}");
+        };
+        if w != workload {
+            continue;
+        }
+        let i = tracers
+            .iter()
+            .position(|t| *t == tracer)
+            .with_context(|| format!("unknown tracer {tracer}"))?;
+        let ns: f64 = ns
+            .parse()
+            .with_context(|| format!("{tracer} {workload}: the workload failed ({ns:?})"))?;
+        times[i].push(ns / 1e6);
+    }
+    ensure!(
+        times.iter().all(|t| !t.is_empty()),
+        "the sandbox timed no {workload} for some tracer (see {})",
+        results.log.display()
+    );
+    Ok(times)
+}

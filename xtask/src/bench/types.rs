@@ -1,0 +1,129 @@
+//! The bench's sizes, the tracers' programs, and the report it writes.
+use serde::Serialize;
+use serde_json::Value;
+
+/// Workload sizes and repetitions.
+pub(super) struct Sizes {
+    pub(super) host_cpuid: u32,
+    pub(super) host_rounds: usize,
+    pub(super) sandbox_cpuid: u32,
+    pub(super) sandbox_pio: u32,
+    pub(super) sandbox_rounds: usize,
+    pub(super) readout_repeat: u32,
+    pub(super) tui_seconds: u64,
+    /// Longest the sandbox boot may take before it counts as a stall of
+    /// the TCG emulation (and is retried once).
+    pub(super) sandbox_timeout_s: u64,
+}
+
+pub(super) const FULL: Sizes = Sizes {
+    host_cpuid: 200_000,
+    host_rounds: 5,
+    sandbox_cpuid: 10_000,
+    sandbox_pio: 2_000,
+    sandbox_rounds: 5,
+    readout_repeat: 20,
+    tui_seconds: 60,
+    sandbox_timeout_s: 1800,
+};
+
+pub(super) const SMOKE: Sizes = Sizes {
+    host_cpuid: 2_000,
+    host_rounds: 1,
+    sandbox_cpuid: 500,
+    sandbox_pio: 100,
+    sandbox_rounds: 1,
+    readout_repeat: 3,
+    tui_seconds: 5,
+    sandbox_timeout_s: 300,
+};
+
+/// The bpftrace equivalent of exitprof's handler path on the host: count
+/// CPUIDs per leaf and subleaf.
+pub(super) const BPFTRACE_HOST: &str =
+    "tracepoint:kvm:kvm_cpuid { @cpuid[args->function, args->index] = count(); }";
+
+/// The bpftrace equivalent of exitprof's vmexit path: count per reason,
+/// time exit to entry per thread, latency stats and a log2 histogram per
+/// reason.
+pub(super) const BPFTRACE_VMEXIT: &str = "tracepoint:kvm:kvm_exit { @exits[args->isa, args->exit_reason] = count(); @start[tid] = nsecs; @reason[tid] = args->exit_reason; } tracepoint:kvm:kvm_entry /@start[tid]/ { $d = nsecs - @start[tid]; @ns[@reason[tid]] = stats($d); @hist[@reason[tid]] = hist($d); delete(@start[tid]); }";
+
+/// One program's cost per run.
+#[derive(Debug, Serialize)]
+pub(super) struct ProgramCost {
+    pub(super) tracer: String,
+    pub(super) program: String,
+    pub(super) runs: u64,
+    pub(super) ns_per_run: f64,
+}
+
+/// One workload's time under one tracer. Noise on these machines only
+/// adds time, so the fastest of the interleaved rounds is the figure
+/// compared (`ratio` = its min over the untraced min); the median is
+/// kept for reference.
+#[derive(Debug, Serialize)]
+pub(super) struct Slowdown {
+    pub(super) workload: String,
+    pub(super) tracer: String,
+    pub(super) rounds: usize,
+    pub(super) min_ms: f64,
+    pub(super) median_ms: f64,
+    pub(super) ratio: f64,
+}
+
+/// One target of the issue.
+#[derive(Debug, Serialize)]
+pub(super) struct Target {
+    pub(super) name: String,
+    pub(super) value: f64,
+    pub(super) limit: f64,
+    pub(super) pass: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(super) struct Report {
+    pub(super) smoke: bool,
+    pub(super) host_cost: Vec<ProgramCost>,
+    pub(super) host_slowdown: Vec<Slowdown>,
+    pub(super) sandbox_cost: Vec<ProgramCost>,
+    pub(super) sandbox_slowdown: Vec<Slowdown>,
+    pub(super) readout: Vec<Value>,
+    pub(super) tui: Option<Value>,
+    pub(super) targets: Vec<Target>,
+}
+
+impl Report {
+    pub(super) fn target(&mut self, name: &str, value: f64, limit: f64) {
+        self.targets.push(Target {
+            name: name.to_owned(),
+            value,
+            limit,
+            pass: value < limit,
+        });
+    }
+
+    pub(super) fn cost(costs: &[ProgramCost], tracer: &str, programs: &[&str]) -> Option<f64> {
+        let found: Vec<f64> = programs
+            .iter()
+            .filter_map(|p| {
+                costs
+                    .iter()
+                    .find(|c| c.tracer == tracer && c.program == *p)
+                    .map(|c| c.ns_per_run)
+            })
+            .collect();
+        (found.len() == programs.len()).then(|| found.iter().sum())
+    }
+
+    pub(super) fn ratio(slowdowns: &[Slowdown], workload: &str, tracer: &str) -> Option<f64> {
+        slowdowns
+            .iter()
+            .find(|s| s.workload == workload && s.tracer == tracer)
+            .map(|s| s.ratio)
+    }
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

@@ -1,0 +1,206 @@
+//! The `vmexit-ground-truth` scenario: exitprof's per-reason counts
+//! against ftrace's own `kvm_exit` records, in raw and in classic mode.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+
+use super::common::{CPUIDS, Counts, exit_counts, ftrace_counts, ftrace_counts_script, snapshot};
+use crate::sandbox::{Kernel, Scenario, run_scenario};
+
+/// `exitprof stat -- exitprof vm --cpuid 5000` against ftrace's own count
+/// of `kvm_exit` by reason, in the same boot and the same interval.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one boot: its script, then its assertions, read top to bottom"
+)]
+pub(super) fn vmexit_ground_truth(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+T=/sys/kernel/tracing
+echo 16384 > $T/buffer_size_kb
+echo > $T/trace
+echo 1 > $T/events/kvm/kvm_exit/enable
+timeout 120 exitprof stat --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
+echo "@@EXITPROF stat_rc $?"
+echo 0 > $T/events/kvm/kvm_exit/enable
+echo "@@EXITPROF vm $(head -n 1 /tmp/stat.out)"
+echo "@@EXITPROF stat $(tail -n 1 /tmp/stat.out)"
+while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
+{ftrace}
+echo > $T/trace
+echo 1 > $T/events/kvm/kvm_exit/enable
+timeout 120 exitprof stat --attach classic --json -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
+echo "@@EXITPROF classic_rc $?"
+echo 0 > $T/events/kvm/kvm_exit/enable
+echo "@@EXITPROF classic $(tail -n 1 /tmp/classic.out)"
+while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
+{classic_ftrace}timeout 120 exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+echo "@@EXITPROF table_rc $?"
+while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
+"#,
+        ftrace = ftrace_counts_script("", false),
+        classic_ftrace = ftrace_counts_script("classic_", false),
+    );
+    let results = run_scenario(
+        kernel,
+        exitprof,
+        &Scenario {
+            name: "vmexit-ground-truth",
+            script: &script,
+            npt: true,
+            timeout: Duration::from_mins(4),
+            modules: None,
+            extra: &[],
+            cpus: 2,
+        },
+    )?;
+    ensure!(
+        results.get("npt")? == "Y",
+        "kvm-amd did not come up with npt=1"
+    );
+    let snap = snapshot(&results, "stat")?;
+    ensure!(
+        results.get("stat_rc")? == "0",
+        "exitprof stat failed: {:?}",
+        results.all("stderr")
+    );
+    ensure!(
+        snap["backend"] == "svm",
+        "backend {} (expected svm)",
+        snap["backend"]
+    );
+    ensure!(
+        snap["vmexit_available"] == true,
+        "vmexit source not available"
+    );
+    ensure!(
+        snap["attach_mode"] == "raw",
+        "with the image's modules (which carry BTF) auto mode chose {} ({})",
+        snap["attach_mode"],
+        snap["attach_note"]
+    );
+    let ours = exit_counts(&snap);
+    let truth = ftrace_counts(&results, "")?;
+    println!("[e2e] {:<28} {:>10} {:>10}", "reason", "exitprof", "ftrace");
+    for name in ours
+        .keys()
+        .chain(truth.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        println!(
+            "[e2e] {:<28} {:>10} {:>10}",
+            name,
+            ours.get(name).copied().unwrap_or(0),
+            truth.get(name).copied().unwrap_or(0)
+        );
+    }
+    let cpuid = snap["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["isa"] == "svm" && r["reason"] == 0x72 && r.get("pid").is_none())
+        .context("no svm cpuid (0x72) row")?;
+    ensure!(cpuid["name"] == "cpuid", "0x72 is named {}", cpuid["name"]);
+    ensure!(
+        cpuid["count"] == CPUIDS,
+        "cpuid count {} (expected exactly {CPUIDS})",
+        cpuid["count"]
+    );
+    if ours != truth {
+        bail!(
+            "exitprof's per-reason counts differ from ftrace's: exitprof {ours:?}, ftrace {truth:?}"
+        );
+    }
+    for row in snap["exits"].as_array().into_iter().flatten() {
+        let (timed, total, min, max) = (
+            row["timed"].as_u64().unwrap_or(0),
+            row["total_ns"].as_u64().unwrap_or(0),
+            row["min_ns"].as_u64().unwrap_or(0),
+            row["max_ns"].as_u64().unwrap_or(0),
+        );
+        if timed == 0 || row.get("pid").is_some() {
+            continue;
+        }
+        let avg = total / timed;
+        ensure!(
+            total > 0 && min > 0 && min <= avg && avg <= max,
+            "{}: durations out of order: min {min} avg {avg} max {max} total {total}",
+            row["name"]
+        );
+        let hist: u64 = row["hist_log2_ns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum();
+        ensure!(
+            hist == timed,
+            "{}: histogram holds {hist} of {timed} timed exits",
+            row["name"]
+        );
+    }
+    // The per-(process, vCPU) breakdown repeats the same exits: one VM,
+    // one vCPU (0), the workload's pid.
+    let vm = snapshot(&results, "vm")?;
+    let mut by_vcpu = Counts::new();
+    for row in snap["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("pid").is_some())
+    {
+        ensure!(
+            row["pid"] == vm["pid"],
+            "breakdown pid {} is not the workload's {}",
+            row["pid"],
+            vm["pid"]
+        );
+        ensure!(row["vcpu"] == 0, "breakdown vcpu {}", row["vcpu"]);
+        *by_vcpu
+            .entry(row["name"].as_str().unwrap_or("?").to_owned())
+            .or_default() += row["count"].as_u64().unwrap_or(0);
+    }
+    ensure!(
+        by_vcpu == ours,
+        "breakdown {by_vcpu:?} differs from the per-reason rows {ours:?}"
+    );
+    ensure!(snap["dropped"] == 0, "dropped {}", snap["dropped"]);
+    // The same workload with classic tracepoints: equal to ftrace as well.
+    ensure!(
+        results.get("classic_rc")? == "0",
+        "exitprof stat --attach classic failed: {:?}",
+        results.all("classic_stderr")
+    );
+    let classic = snapshot(&results, "classic")?;
+    ensure!(
+        classic["attach_mode"] == "classic",
+        "--attach classic ran in mode {}",
+        classic["attach_mode"]
+    );
+    let classic_counts = exit_counts(&classic);
+    let classic_truth = ftrace_counts(&results, "classic_")?;
+    ensure!(
+        classic_counts == classic_truth,
+        "classic mode: exitprof {classic_counts:?} != ftrace {classic_truth:?}"
+    );
+    ensure!(
+        classic_counts.get("cpuid") == ours.get("cpuid"),
+        "cpuid: classic {:?}, raw {:?}",
+        classic_counts.get("cpuid"),
+        ours.get("cpuid")
+    );
+    println!("[e2e] classic mode: {classic_counts:?} (equal to ftrace)");
+    ensure!(
+        results.get("table_rc")? == "0",
+        "the second exitprof stat run failed with {} (124: it hung and timeout ended it)",
+        results.get("table_rc")?
+    );
+    for line in results.all("table") {
+        println!("[e2e] | {line}");
+    }
+    println!(
+        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
+    );
+    Ok(())
+}
