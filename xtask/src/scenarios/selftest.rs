@@ -2,7 +2,9 @@
 //! boot per kernel line with the patched modules of `cargo xtask kernel
 //! --kernel <line>`, which runs the series' own KVM selftest
 //! (`exitprof_test`, built from the same tree: it plays exitprof's part
-//! with a map it fills itself, so it proves the kernel side alone), checks
+//! with a map it fills itself, so it proves the kernel side alone; with
+//! `kvm.force_emulation_prefix` set, so that it also asks the emulator's
+//! CPUID), checks
 //! that the patched modules carry BTF (`/sys/kernel/btf/kvm`, `kvm_amd`)
 //! and that exitprof's raw attach mode uses it, and reports the query cost
 //! the selftest measured.
@@ -13,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     kernel,
-    sandbox::{self, KernelLine, Scenario, run_scenario},
+    sandbox::{self, KernelLine, Results, Scenario, run_scenario},
 };
 
 /// CPUIDs of the raw attach check's workload.
@@ -32,8 +34,12 @@ for m in kvm kvm_amd; do
   if [ -e /sys/kernel/btf/$m ]; then echo "@@EXITPROF btf_$m yes"; else echo "@@EXITPROF btf_$m no"; fi
 done
 echo "@@EXITPROF debugfs $(cat /sys/kernel/debug/kvm/exitprof 2>&1)"
+# Also through the emulator's CPUID (em_cpuid), the other path to kvm_cpuid().
+FEP=/sys/module/kvm/parameters/force_emulation_prefix
+echo 1 > $FEP
 timeout 600 /bin/exitprof_test > /tmp/t.out 2>&1
 echo "@@EXITPROF selftest_rc $?"
+echo 0 > $FEP
 while IFS= read -r l; do echo "@@EXITPROF selftest $l"; done < /tmp/t.out
 timeout 120 exitprof stat --attach raw --json -- exitprof vm --cpuid {CPUIDS} > /tmp/s.out 2> /tmp/s.err
 echo "@@EXITPROF raw_rc $?"
@@ -73,6 +79,18 @@ while read -r l; do echo "@@EXITPROF raw_stderr $l"; done < /tmp/s.err
         "{name}: /sys/kernel/debug/kvm/exitprof says {:?} at boot",
         results.get("debugfs")?
     );
+    let costs = check_selftest(&name, &results)?;
+    check_raw_attach(&name, &results)?;
+    println!(
+        "[e2e] {name}: PASS ({} on {}; BTF for kvm and kvm_amd; raw attach counted {CPUIDS} cpuid exits)",
+        kernel.release, kernel.package_version
+    );
+    Ok(costs)
+}
+
+/// `exitprof_test` passed every check, the emulator's included; returns
+/// its cost lines.
+fn check_selftest(name: &str, results: &Results) -> anyhow::Result<Vec<String>> {
     let output = results.all("selftest");
     ensure!(
         results.get("selftest_rc")? == "0" && output.contains(&"exitprof_test: PASS"),
@@ -83,6 +101,12 @@ while read -r l; do echo "@@EXITPROF raw_stderr $l"; done < /tmp/s.err
     for l in output.iter().filter(|l| l.starts_with("ok ")) {
         println!("[e2e] {name}: {l}");
     }
+    ensure!(
+        output
+            .iter()
+            .any(|l| l.starts_with("ok 1 ") && l.contains("also through the emulator")),
+        "{name}: exitprof_test did not check the emulator's CPUID path"
+    );
     let costs: Vec<String> = output
         .iter()
         .filter_map(|l| l.strip_prefix("exitprof_test: cost "))
@@ -91,8 +115,12 @@ while read -r l; do echo "@@EXITPROF raw_stderr $l"; done < /tmp/s.err
     for c in &costs {
         println!("[e2e] {name}: cost {c}");
     }
+    Ok(costs)
+}
 
-    // With BTF, auto and raw mode attach raw tracepoints to these modules.
+/// With BTF, raw mode attaches raw tracepoints to the patched modules and
+/// counts the workload's CPUID exits.
+fn check_raw_attach(name: &str, results: &Results) -> anyhow::Result<()> {
     ensure!(
         results.get("raw_rc")? == "0",
         "{name}: exitprof stat --attach raw failed: {:?}",
@@ -111,9 +139,5 @@ while read -r l; do echo "@@EXITPROF raw_stderr $l"; done < /tmp/s.err
         "{name}: attach mode {} and {cpuid:?} cpuid exits, expected raw and {CPUIDS}",
         raw["attach_mode"]
     );
-    println!(
-        "[e2e] {name}: PASS ({} on {}; BTF for kvm and kvm_amd; raw attach counted {CPUIDS} cpuid exits)",
-        kernel.release, kernel.package_version
-    );
-    Ok(costs)
+    Ok(())
 }
