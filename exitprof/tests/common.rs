@@ -112,55 +112,59 @@ pub fn one_line_error(out: &Output) -> String {
     err
 }
 
-/// The exitprof programs loaded now, once the count is `want` or 5 s
-/// have passed: the kernel frees a raw tracepoint's link from a work
-/// queue after an RCU grace period, so a program outlives the process
-/// that held it by a few milliseconds.
+/// The ids of the BPF programs and maps of exitprof's names loaded now
+/// (by anyone: other checkouts may test on the same machine).
 #[must_use]
-pub fn attached_exitprof_programs_settled(want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = attached_exitprof_programs();
-        if n == want || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// How many of exitprof's `kvm_cpuid` and `kvm_exit` programs bpftool
-/// lists now.
-#[must_use]
-pub fn attached_exitprof_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name kvm_cpuid") || l.contains("name kvm_exit"))
-        .count()
-}
-
-/// Names (as the kernel truncates them, 15 bytes) of exitprof's maps
-/// that bpftool lists now.
-#[must_use]
-pub fn exitprof_maps() -> Vec<String> {
-    const OURS: &[&str] = &[
+pub fn exitprof_bpf_ids() -> std::collections::BTreeSet<(char, u64)> {
+    const MAPS: &[&str] = &[
         "EXIT_STATS",
         "EXIT_BREAKDOWN",
         "PENDING_EXITS",
         "CPUID_EVENTS",
         "DROPPED",
     ];
-    let out = Command::new("bpftool")
-        .args(["map", "show"])
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split("name ").nth(1)?.split_whitespace().next())
-        .filter(|n| OURS.iter().any(|o| o.starts_with(*n) && n.len() >= 8))
-        .map(str::to_owned)
-        .collect()
+    let mut ids = std::collections::BTreeSet::new();
+    for (kind, what) in [('p', "prog"), ('m', "map")] {
+        let out = Command::new("bpftool")
+            .args([what, "show", "-j"])
+            .output()
+            .expect("bpftool runs");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for item in list.as_array().into_iter().flatten() {
+            let name = item["name"].as_str().unwrap_or("");
+            let ours = match kind {
+                'p' => name.starts_with("kvm_") || name.starts_with("sched_process_"),
+                _ => MAPS.iter().any(|m| m.starts_with(name) && name.len() >= 8),
+            };
+            if let (true, Some(id)) = (ours, item["id"].as_u64()) {
+                ids.insert((kind, id));
+            }
+        }
+    }
+    ids
+}
+
+/// The ids of exitprof's names that appeared since `before`: those of
+/// the exitprof a test started (give it time to attach first).
+#[must_use]
+pub fn loaded_since(
+    before: &std::collections::BTreeSet<(char, u64)>,
+) -> std::collections::BTreeSet<(char, u64)> {
+    exitprof_bpf_ids().difference(before).copied().collect()
+}
+
+/// Of `ids`, those still loaded after up to 5 s.
+#[must_use]
+pub fn still_loaded(
+    ids: &std::collections::BTreeSet<(char, u64)>,
+) -> std::collections::BTreeSet<(char, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: std::collections::BTreeSet<_> =
+            exitprof_bpf_ids().intersection(ids).copied().collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

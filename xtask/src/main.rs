@@ -43,6 +43,9 @@ enum Task {
     /// series' KVM selftest for the matching Debian image (cached under
     /// target/kernel).
     Kernel(kernel::KernelArgs),
+    /// Fuzz the parsers (tracefs formats, BTF, recordings, guest CPUID)
+    /// from the committed seeds.
+    Fuzz(tasks::fuzz::FuzzArgs),
     /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
     /// (host and sandbox); writes target/bench/bench.json.
     Bench(bench::BenchArgs),
@@ -72,6 +75,10 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => tasks::setup::setup(),
         Task::Demo(args) => tasks::demo(&args),
         Task::Lint => tasks::lint(),
+        Task::Fuzz(args) => {
+            tasks::setup::setup()?;
+            tasks::fuzz::fuzz(&args).map(|_| ())
+        }
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
             tasks::setup::setup()?;

@@ -13,9 +13,9 @@ use crate::{
     cli::parse_duration,
     host::{
         backend::{self, SYS_MODULE, VendorModule},
-        paging::{self, PagingError, Restore},
+        paging::{self, PagingError},
         procfs,
-        reload::{Reload, System},
+        reload::{self, Reload, Restore, System},
     },
     model::{
         Backend,
@@ -143,7 +143,7 @@ impl Plan {
 
 /// Puts back what a killed record left switched, saying what it did.
 fn repair(quiet_when_clean: bool) -> anyhow::Result<()> {
-    match paging::repair()? {
+    match reload::repair()? {
         Some(done) => {
             eprintln!("exitprof: a record was stopped before it restored the paging mode: {done}");
         }

@@ -1,16 +1,9 @@
 //! The paging mode of the KVM vendor module: nested paging (EPT on Intel,
-//! NPT on AMD) or shadow paging; switching it reloads the module
-//! (`reload.rs`), and [`Restore`] puts the original mode back, also
-//! after exitprof was killed (`record --restore`).
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+//! NPT on AMD) or shadow paging. Switching it reloads the module, and
+//! putting it back (also after exitprof was killed) is `reload.rs`.
+use std::{fs, path::Path};
 
-use super::{
-    backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in},
-    reload::Reload,
-};
+use super::backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in};
 use crate::model::Backend;
 
 /// Why the paging mode cannot be switched here.
@@ -43,6 +36,18 @@ pub enum PagingError {
         why: String,
         /// The shell commands that restore the host.
         commands: String,
+    },
+    /// A VM holds the module: it cannot be unloaded to restore it.
+    #[error(
+        "{module} is in use by pid {pid} ({comm}), a VM: stop it, then run `exitprof record --restore`"
+    )]
+    InUse {
+        /// The module.
+        module: String,
+        /// The VM's process.
+        pid: u32,
+        /// Its command name.
+        comm: String,
     },
     /// A restore state file is unreadable.
     #[error("{path}: {why}")]
@@ -141,117 +146,6 @@ pub fn nested_in(sys_module: &Path, m: &VendorModule) -> Result<bool, PagingErro
 #[must_use]
 pub fn setting(m: &VendorModule, nested: bool) -> String {
     format!("{}={}", m.param, u8::from(nested))
-}
-
-/// Where a record that switched the paging mode keeps what undoes it
-/// until it is undone (tmpfs: a reboot restores the module anyway).
-pub const STATE_FILE: &str = "/run/exitprof/paging-restore.json";
-
-/// Puts the paging mode back as it was when dropped (after a failure, on
-/// Ctrl-C, at the end). While it lives, what undoes the switch is also in
-/// [`STATE_FILE`], so that a killed exitprof can be repaired later
-/// ([`repair`]).
-pub struct Restore {
-    reload: Reload,
-    state: PathBuf,
-}
-
-impl Restore {
-    /// Remembers `reload`'s original mode, in memory and in the state
-    /// file.
-    ///
-    /// # Errors
-    /// When the state file cannot be written.
-    pub fn new(reload: Reload) -> Result<Self, PagingError> {
-        let state = PathBuf::from(STATE_FILE);
-        let fail = |why: String| PagingError::State {
-            path: STATE_FILE.to_owned(),
-            why,
-        };
-        if let Some(dir) = state.parent() {
-            fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        let json = serde_json::to_string(&reload).map_err(|e| fail(e.to_string()))?;
-        fs::write(&state, json).map_err(|e| fail(e.to_string()))?;
-        Ok(Self { reload, state })
-    }
-
-    /// The reload it undoes.
-    #[must_use]
-    pub const fn reload(&self) -> &Reload {
-        &self.reload
-    }
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        match restore(&self.reload) {
-            Ok(Some(setting)) => eprintln!("exitprof: restored {} {setting}", self.reload.module),
-            Ok(None) => {}
-            Err(e) => {
-                // The state file stays: `record --restore` can retry.
-                eprintln!("exitprof: {e}");
-                return;
-            }
-        }
-        let _ = fs::remove_file(&self.state);
-    }
-}
-
-/// Puts `reload`'s module back in its original mode: nothing when it is
-/// in it; a reload when it runs in the other; a load when it is gone.
-/// Returns the setting restored, if anything was done.
-///
-/// # Errors
-/// When the module could not be brought back (the error names the
-/// commands that do it).
-pub fn restore(reload: &Reload) -> Result<Option<String>, PagingError> {
-    let dir = Path::new(SYS_MODULE).join(&reload.module);
-    let setting = format!("{}={}", reload.param, u8::from(reload.nested));
-    if dir.exists() {
-        let path = dir.join("parameters").join(&reload.param);
-        let now = fs::read_to_string(&path).map(|v| matches!(v.trim(), "Y" | "1"));
-        if now.is_ok_and(|n| n == reload.nested) {
-            return Ok(None);
-        }
-        reload.switch(reload.nested)?;
-    } else {
-        reload.load_original()?;
-    }
-    Ok(Some(setting))
-}
-
-/// What a killed record left to undo: restores it and removes the state
-/// file. Returns what was done, for people (`None`: nothing was left).
-///
-/// # Errors
-/// When the state file is unreadable or the module cannot be restored.
-pub fn repair() -> Result<Option<String>, PagingError> {
-    let text = match fs::read_to_string(STATE_FILE) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(PagingError::State {
-                path: STATE_FILE.to_owned(),
-                why: e.to_string(),
-            });
-        }
-    };
-    let reload: Reload = serde_json::from_str(&text).map_err(|e| PagingError::State {
-        path: STATE_FILE.to_owned(),
-        why: format!("not a restore state ({e}); delete it after checking the module by hand"),
-    })?;
-    let done = restore(&reload)?;
-    let _ = fs::remove_file(STATE_FILE);
-    Ok(Some(match done {
-        Some(setting) => format!("restored {} {setting}", reload.module),
-        None => format!(
-            "{} was already back in its original mode ({}={})",
-            reload.module,
-            reload.param,
-            u8::from(reload.nested)
-        ),
-    }))
 }
 
 #[cfg(test)]
