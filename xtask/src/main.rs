@@ -36,7 +36,8 @@ enum Task {
     Lint,
     /// Run every test: unit, root integration, nested sandbox.
     Test(tasks::E2eArgs),
-    /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
+    /// Run the nested SVM sandbox scenarios (QEMU TCG, kvm-amd; Debian 6.1,
+    /// and 6.12 for the kernel series' selftest).
     E2e(tasks::E2eArgs),
     /// Apply kernel-patch/<line>/ to Debian's linux-source-<line> and build
     /// the patched kvm, kvm-amd and kvm-intel modules (with BTF) and the
