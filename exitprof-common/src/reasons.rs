@@ -110,6 +110,11 @@ pub fn slot(isa: u32, code: u32) -> u32 {
 
 /// The isa and raw code of a slot; `None` for the two "other" slots, whose
 /// code is not known.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn slot_reason(slot: u32) -> Option<(Isa, u32)> {
     match slot {

@@ -35,10 +35,11 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
             passed += 1;
         }
     }
-    if wanted("guest-cpuid-mirror") {
-        let modules = crate::kernel::build(kernel)?;
-        mirror::guest_cpuid_mirror(kernel, exitprof, &modules)?;
-        passed += 1;
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("guest-cpuid-mirror-{}", line.name())) {
+            mirror::guest_cpuid_mirror(line, exitprof)?;
+            passed += 1;
+        }
     }
     Ok(passed)
 }
