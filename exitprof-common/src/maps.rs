@@ -17,6 +17,9 @@ pub const BREAKDOWN_MAP_ENTRIES: u32 = 16384;
 /// Capacity of the per-thread "exit in flight" maps (LRU: a thread whose
 /// entry never comes, e.g. a killed VM, is evicted instead of leaking).
 pub const PENDING_MAP_ENTRIES: u32 = 8192;
+/// Capacity of the guest mirror map (`GUEST_MIRROR`): (VMM process,
+/// reason) pairs, with one totals entry per process.
+pub const MIRROR_MAP_ENTRIES: u32 = 16384;
 /// Capacity of the set of tracked process ids (`--pid`, `-- COMMAND`).
 pub const TRACKED_MAP_ENTRIES: u32 = 1024;
 
@@ -28,6 +31,8 @@ pub mod drop_reason {
     pub const BREAKDOWN_MAP_FULL: u32 = 1;
     /// A pending (in flight) map update failed.
     pub const PENDING_MAP_FULL: u32 = 2;
+    /// The guest mirror map was full.
+    pub const MIRROR_MAP_FULL: u32 = 3;
     /// Number of slots in `DROPPED`.
     pub const SLOTS: u32 = 4;
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs},
     present::table,
@@ -40,6 +40,11 @@ pub struct TopArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -65,6 +70,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: args.attach,
+        mirror: args.guest_mirror,
     })?;
     if args.json {
         signals::install();

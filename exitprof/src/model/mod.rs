@@ -12,4 +12,4 @@ pub use events::Events;
 #[cfg(test)]
 pub use events::{CpuidRow, PioRow, UserspaceExitRow};
 pub use snapshot::{ExitRow, ProgramCost, Snapshot};
-pub use status::{Attached, Backend, MirrorState};
+pub use status::{Attached, Backend, MirrorScope, MirrorState};

@@ -8,7 +8,7 @@ pub mod signals;
 use std::time::{Duration, Instant};
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
     model::Snapshot,
 };
 use child::GatedChild;
@@ -31,6 +31,8 @@ pub struct Run<'a> {
     pub cost: bool,
     /// Raw or classic tracepoints.
     pub attach: AttachMode,
+    /// Whose exits the guests of a patched KVM read.
+    pub mirror: MirrorChoice,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
 }
@@ -72,6 +74,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         map_entries: run.map_entries,
         cost: run.cost,
         attach: run.attach,
+        mirror: run.mirror,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

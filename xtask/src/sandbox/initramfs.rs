@@ -58,6 +58,27 @@ fn strip_signature(module: &[u8]) -> &[u8] {
         .map_or(module, |end| &body[..end])
 }
 
+/// A module's bytes; 6.12's image ships `<m>.xz` instead, which busybox's
+/// modprobe cannot load: it is unpacked.
+fn read_module(from: &Path) -> anyhow::Result<Vec<u8>> {
+    if from.exists() {
+        return fs::read(from).with_context(|| format!("reading {}", from.display()));
+    }
+    let xz = from.with_extension("ko.xz");
+    let out = Command::new("xz")
+        .arg("-dc")
+        .arg(&xz)
+        .output()
+        .with_context(|| format!("failed to run xz for {}", xz.display()))?;
+    ensure!(
+        out.status.success(),
+        "unpacking {} failed: {}",
+        xz.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
 /// Copies `binary` and the shared libraries `ldd` lists (with the loader)
 /// into `root`, keeping their paths.
 fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
@@ -142,7 +163,7 @@ pub fn root(
         let from = patched.unwrap_or_else(|| kernel.modules.join("kernel").join(m));
         let to = modules.join("kernel").join(m);
         fs::create_dir_all(to.parent().expect("module path"))?;
-        let bytes = fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+        let bytes = read_module(&from)?;
         let bytes = match signatures {
             Signatures::Keep => &bytes[..],
             Signatures::Strip => strip_signature(&bytes),

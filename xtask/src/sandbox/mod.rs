@@ -1,6 +1,6 @@
 //! The nested sandboxes, where `kvm_exit`/`kvm_entry` fire (they never do
-//! on the PVM hosts this project is built on): Debian's 6.1 kernel with
-//! KVM's vendor module, booted from a busybox initramfs that carries
+//! on the PVM hosts this project is built on): Debian's 6.1 kernel (or
+//! 6.12, see [`KernelLine`]) with KVM's vendor module, booted from a busybox initramfs that carries
 //! exitprof, under an emulator of the hardware virtualization:
 //!
 //! - SVM: `kvm-amd` under QEMU TCG (`qemu.rs`);
@@ -24,7 +24,7 @@ mod qemu;
 mod results;
 mod scenario;
 
-pub use debian::{Kernel, fetch_kernel};
+pub use debian::{Kernel, KernelLine, fetch_kernel, fetch_kernel_line};
 pub use results::{Results, sections};
 pub use scenario::{Scenario, Vendor, sandbox_dir};
 

@@ -10,6 +10,7 @@ mod common;
 mod mirror;
 mod record;
 mod reload;
+mod selftest;
 mod vmexit;
 mod vmx;
 
@@ -42,10 +43,18 @@ pub fn run_all(
         reload::module_reload(kernel, exitprof, &modules)?;
         passed += 1;
     }
-    if wanted("guest-cpuid-mirror") {
-        let modules = crate::kernel::build(kernel)?;
-        mirror::guest_cpuid_mirror(kernel, exitprof, &modules)?;
-        passed += 1;
+    // The kernel side on its own, before exitprof's use of it.
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("kvm-selftest-{}", line.name())) {
+            selftest::kvm_selftest(line, exitprof)?;
+            passed += 1;
+        }
+    }
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("guest-cpuid-mirror-{}", line.name())) {
+            mirror::guest_cpuid_mirror(line, exitprof)?;
+            passed += 1;
+        }
     }
     Ok(passed)
 }
