@@ -1,7 +1,8 @@
 //! The nested sandboxes, where `kvm_exit`/`kvm_entry` fire (they never do
 //! on the PVM hosts this project is built on): Debian's 6.1 kernel (or
-//! 6.12, see [`KernelLine`]) with KVM's vendor module, booted from a busybox initramfs that carries
-//! exitprof, under an emulator of the hardware virtualization:
+//! 6.12, see [`KernelLine`]) with KVM's vendor module, booted from a
+//! busybox initramfs that carries exitprof, under an emulator of the
+//! hardware virtualization:
 //!
 //! - SVM: `kvm-amd` under QEMU TCG (`qemu.rs`);
 //! - VMX: `kvm-intel` under Bochs (`bochs.rs`, booting through `pvh.rs`).
