@@ -83,6 +83,8 @@ pub struct Profiler {
     attached_as: Attached,
     /// See [`RawPlan::note`].
     attach_note: String,
+    /// Whether exits are broken down per (process, vCPU).
+    breakdown: bool,
 }
 
 impl Profiler {
@@ -187,6 +189,7 @@ impl Profiler {
             mirror,
             attached_as: plan.attached(),
             attach_note: plan.note(),
+            breakdown: options.breakdown,
         })
     }
 
@@ -250,7 +253,7 @@ impl Profiler {
     /// # Errors
     /// When a map cannot be read.
     pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
-        let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        let mut snapshot = readout::read(&self.ebpf, self.backend, self.breakdown)?;
         if self.stats.is_some() {
             snapshot.programs = self
                 .attached
