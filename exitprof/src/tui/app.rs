@@ -97,7 +97,7 @@ pub enum Input {
 pub enum Action {
     /// A new cumulative snapshot.
     Data(Box<Snapshot>),
-    /// Command names of VMM processes (pid → comm).
+    /// Names of VMs by their VMM's pid (`host::vmname`).
     ProcessNames(BTreeMap<u32, String>),
     /// Quit.
     Quit,
@@ -150,12 +150,13 @@ pub struct App {
     /// Regular expression a reason name must match (a plain substring
     /// while it does not compile).
     pub reason_filter: String,
-    /// The VM to show: a pid, or a substring of the VMM's command name.
+    /// The VM to show: a pid, or a substring of the VM's name.
     /// The exit and vCPU views then show only that VM's exits.
     pub pid_filter: String,
-    /// Command names of the VMM processes seen (pid → comm), kept by the
-    /// loop (drawing does no I/O).
-    pub comms: BTreeMap<u32, String>,
+    /// Names of the VMs seen, by their VMM's pid (`host::vmname`: from
+    /// the VMM's command line, or its comm), kept by the loop (drawing
+    /// does no I/O).
+    pub names: BTreeMap<u32, String>,
     /// What typing goes to.
     pub input: Input,
     /// Data is ignored while paused.
@@ -193,7 +194,7 @@ impl App {
             selected: 0,
             reason_filter: String::new(),
             pid_filter: String::new(),
-            comms: BTreeMap::new(),
+            names: BTreeMap::new(),
             input: Input::None,
             paused: false,
             help: false,
@@ -230,7 +231,7 @@ impl App {
                 self.previous = Some(std::mem::replace(&mut self.latest, snapshot));
                 self.shown = self.latest.since(&self.baseline);
             }
-            Action::ProcessNames(names) => self.comms.extend(names),
+            Action::ProcessNames(names) => self.names.extend(names),
             Action::Quit => self.quit = true,
             Action::Show(view) => self.view = view,
             Action::NextView => {
@@ -340,7 +341,7 @@ impl App {
         match self.pid_filter.parse::<u32>() {
             Ok(wanted) => pid == wanted,
             Err(_) => self
-                .comms
+                .names
                 .get(&pid)
                 .is_some_and(|c| c.contains(self.pid_filter.as_str())),
         }

@@ -11,17 +11,18 @@ use std::{collections::BTreeMap, time::Duration};
 use crossterm::event::{self, Event};
 use tokio::sync::mpsc;
 
-use crate::{host::procfs, model::Snapshot};
+use crate::{host::vmname, model::Snapshot};
 use app::{Action, App};
 
-/// `/proc/<pid>/comm` of the VMM processes in `snapshot` not in `known`.
+/// The VM names (`host::vmname`) of the VMM processes in `snapshot` not
+/// in `known`.
 fn new_process_names(snapshot: &Snapshot, known: &BTreeMap<u32, String>) -> BTreeMap<u32, String> {
     snapshot
         .exits
         .iter()
         .filter_map(|r| r.pid)
         .filter(|pid| !known.contains_key(pid))
-        .filter_map(|pid| Some((pid, procfs::comm(pid)?)))
+        .filter_map(|pid| Some((pid, vmname::vm_name(pid)?)))
         .collect()
 }
 
@@ -75,7 +76,7 @@ pub async fn run(
         let action = tokio::select! {
             _ = tick.tick() => {
                 let snapshot = source()?;
-                let names = new_process_names(&snapshot, &app.comms);
+                let names = new_process_names(&snapshot, &app.names);
                 if !names.is_empty() {
                     app.update(Action::ProcessNames(names));
                 }

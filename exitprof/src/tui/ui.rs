@@ -186,7 +186,7 @@ impl App {
                 let pid = r.pid.unwrap_or_default();
                 Row::new(vec![
                     pid.to_string(),
-                    self.comms.get(&pid).cloned().unwrap_or_default(),
+                    self.names.get(&pid).cloned().unwrap_or_default(),
                     r.vcpu.unwrap_or_default().to_string(),
                     r.name.clone(),
                     r.count.to_string(),
