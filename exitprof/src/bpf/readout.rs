@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use aya::{Ebpf, Pod};
 use exitprof_common::{
-    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, UserspaceExitStats},
+    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, SiteKey, UserspaceExitStats},
     reasons::{self, Isa, SLOT_VMX_OTHER},
     userspace_exit,
 };
@@ -14,7 +14,7 @@ use super::{
     maps::{array_entries, hash_entries},
 };
 use crate::model::{
-    Backend, Events, ExitRow, Snapshot,
+    Backend, Events, ExitRow, PerSecond, SiteRow, Snapshot,
     events::{EventKind, EventReader, UserspaceExitRow},
 };
 
@@ -159,6 +159,38 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
         min_ns: sum.min_ns,
         max_ns: sum.max_ns,
         hist_log2_ns: sum.hist_log2_ns.to_vec(),
+        ..ExitRow::default()
+    }
+}
+
+/// Every exit site (`EXIT_SITES`) summed over CPUs, most exits first.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn read_sites(ebpf: &Ebpf) -> Result<Vec<SiteRow>, LoadError> {
+    let mut sites: Vec<SiteRow> = hash_entries::<SiteKey, BreakdownStats>(ebpf, "EXIT_SITES")?
+        .iter()
+        .map(|(key, per_cpu)| site_row(key, &sum_breakdown(per_cpu)))
+        .collect();
+    sites.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.key().cmp(&b.key())));
+    Ok(sites)
+}
+
+fn site_row(key: &SiteKey, sum: &ExitStats) -> SiteRow {
+    let row = exit_row(key.slot, None, sum);
+    SiteRow {
+        isa: row.isa,
+        reason: row.reason,
+        name: row.name,
+        pid: key.pid,
+        vm: None,
+        rip: key.rip,
+        symbol: None,
+        count: sum.count,
+        timed: sum.timed,
+        total_ns: sum.total_ns,
+        max_ns: sum.max_ns,
+        rate_per_s: PerSecond::default(),
     }
 }
 
