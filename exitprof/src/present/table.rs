@@ -179,8 +179,8 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
                 s.count,
                 rate(s.rate_per_s),
                 percent(s.count, *total),
-                duration(s.total_ns),
-                duration(s.avg_ns()),
+                untimed_or(s.timed, duration(s.total_ns)),
+                untimed_or(s.timed, duration(s.avg_ns())),
             );
         }
         if sites.len() > per_reason {
@@ -193,6 +193,11 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
         }
     }
     out.push('\n');
+}
+
+/// `time`, or `-` when no exit was timed (the VM ended before re-entry).
+fn untimed_or(timed: u64, time: String) -> String {
+    if timed == 0 { "-".to_owned() } else { time }
 }
 
 /// `  0xffffffff81001012 native_cpuid+0x12`, or the RIP alone.
