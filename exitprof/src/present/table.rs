@@ -209,10 +209,21 @@ pub fn site_label(site: &SiteRow) -> String {
     }
 }
 
-/// The exit-handler event tables (one per kind of the event-kind table,
-/// under its exit reason where exits are seen), then the userspace exits.
+/// The exit-handler event tables (one per kind of the event-kind table
+/// that saw events, under its exit reason where exits are seen), then the
+/// userspace exits; a section without rows is left out, and when all are,
+/// one line says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
-    for group in event_groups(snapshot) {
+    let groups: Vec<_> = event_groups(snapshot)
+        .into_iter()
+        .filter(|g| !g.lines.is_empty())
+        .collect();
+    if groups.is_empty() {
+        out.push_str(
+            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
+        );
+    }
+    for group in groups {
         if group.title == USERSPACE_TITLE {
             let _ = writeln!(
                 out,
@@ -404,6 +415,22 @@ mod tests {
         assert!(
             text.contains(
                 "\nhlt (0x78)                            1       0.67   25.00%           -    0.00%          -          -          -\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_sections_are_left_out() {
+        let text = render(&snapshot(), "all processes");
+        assert!(!text.contains("HYPERCALL"), "{text}");
+        assert!(!text.contains("MMIO GPA"), "{text}");
+        let mut quiet = snapshot();
+        quiet.events = crate::model::Events::default();
+        let text = render(&quiet, "all processes");
+        assert!(
+            text.contains(
+                "\nno exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n"
             ),
             "{text}"
         );

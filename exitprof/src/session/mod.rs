@@ -89,6 +89,9 @@ fn read_names(pids: &[u32], names: &mut Names) {
 /// # Errors
 /// Loading, attaching, spawning or reading fails.
 pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
+    if let Some(program) = run.command.first() {
+        child::runnable(program)?;
+    }
     let filter = if !run.pids.is_empty() {
         Filter::Tracked(run.pids.to_vec())
     } else if run.command.is_empty() || run.all {
