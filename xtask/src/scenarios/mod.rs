@@ -8,6 +8,7 @@ use crate::sandbox::{Kernel, Scenario, Vendor, run_scenario};
 
 mod common;
 mod mirror;
+mod qemu_guest;
 mod record;
 mod reload;
 mod selftest;
@@ -32,6 +33,10 @@ pub fn run_all(
     let mut passed = 0;
     if wanted(vmexit::NAME) {
         vmexit::vmexit_ground_truth(kernel, exitprof)?;
+        passed += 1;
+    }
+    if wanted("qemu-guest-sites") {
+        qemu_guest::qemu_guest_sites(kernel, exitprof)?;
         passed += 1;
     }
     if wanted(record::NAME) {
