@@ -112,6 +112,11 @@ pub struct Expect {
     pub shadow: &'static [(&'static str, u64)],
     /// The exception exit of shadow paging's page faults.
     pub shadow_fault: &'static str,
+    /// Raw mode gives exit sites (`--sites`). On VMX the RIP KVM has
+    /// cached is stale at `kvm_exit`, so `--sites` makes exitprof attach
+    /// `kvm_exit` classic there: the ground truth's raw run goes without
+    /// it, so that raw mode's `vcpu_vmx.exit_reason` is what is checked.
+    pub raw_sites: bool,
 }
 
 /// [`Expect`] of `vendor`.
@@ -122,6 +127,7 @@ pub const fn expect(vendor: Vendor) -> Expect {
             nested_fault: "npf",
             shadow: &[("write_cr3", 200), ("invlpg", 200), ("read_cr3", 200)],
             shadow_fault: "PF excp",
+            raw_sites: true,
         },
         // VMX has one exit for every control-register access: the 200 CR3
         // reads and 200 CR3 writes are CR_ACCESS.
@@ -130,6 +136,7 @@ pub const fn expect(vendor: Vendor) -> Expect {
             nested_fault: "EPT_VIOLATION",
             shadow: &[("CR_ACCESS", 400), ("INVLPG", 200)],
             shadow_fault: "EXCEPTION_NMI",
+            raw_sites: false,
         },
     }
 }
