@@ -257,7 +257,7 @@ impl Results {
 
 /// Copies `binary` and the shared libraries `ldd` lists (with the loader)
 /// into `root`, keeping their paths.
-fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
+pub fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
     let target = root.join(dest.trim_start_matches('/'));
     fs::create_dir_all(target.parent().expect("dest has a parent"))?;
     fs::copy(binary, &target).with_context(|| format!("copying {}", binary.display()))?;
@@ -468,6 +468,17 @@ fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result
         "kvm-amd did not load in the sandbox (see {})",
         results.log.display()
     );
+    if results.get("exit").is_err() {
+        // QEMU exits 0 on SIGTERM too: a sandbox that ended before its
+        // script did was stopped from outside (or its kernel died).
+        return Err(Stalled(format!(
+            "{}: the sandbox ended before its script finished (QEMU stopped from outside, or a kernel panic); serial log {}:\n{}",
+            scenario.name,
+            results.log.display(),
+            tail(&results.log)
+        ))
+        .into());
+    }
     Ok(results)
 }
 

@@ -7,7 +7,9 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use super::common::{CPUIDS, Counts, exit_counts, ftrace_counts, ftrace_counts_script, snapshot};
+use super::common::{
+    CPUIDS, Counts, SVM_CPUID, exit_counts, ftrace_counts, ftrace_counts_script, snapshot,
+};
 use crate::sandbox::{Kernel, Scenario, run_scenario};
 
 /// `exitprof stat -- exitprof vm --cpuid 5000` against ftrace's own count
@@ -101,7 +103,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         .as_array()
         .into_iter()
         .flatten()
-        .find(|r| r["isa"] == "svm" && r["reason"] == 0x72 && r.get("pid").is_none())
+        .find(|r| r["isa"] == "svm" && r["reason"] == SVM_CPUID && r.get("pid").is_none())
         .context("no svm cpuid (0x72) row")?;
     ensure!(cpuid["name"] == "cpuid", "0x72 is named {}", cpuid["name"]);
     ensure!(
@@ -240,7 +242,7 @@ fn cpuid_site(snap: &Value, mode: &str) -> anyhow::Result<u64> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| s["isa"] == "svm" && s["reason"] == 0x72)
+        .filter(|s| s["isa"] == "svm" && s["reason"] == SVM_CPUID)
         .collect();
     ensure!(
         sites.len() == 1,
