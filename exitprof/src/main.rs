@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod guest;
 mod host;
+mod http;
 mod model;
 mod present;
 mod session;
@@ -30,6 +31,7 @@ Examples:
   sudo exitprof stat -- exitprof vm --cpuid 1234 --pio 300 --mmio 200
   sudo exitprof stat --pid $(pidof qemu-system-x86_64) --duration 10s --json
   sudo exitprof top
+  sudo exitprof serve     # Prometheus metrics on http://127.0.0.1:9283/metrics
   sudo exitprof record --ept both -o r.json && exitprof report r.json
   exitprof vm --cpuid 100 --hlt 5 --json
   exitprof guest          # inside a VM whose host runs the patched KVM"
@@ -50,6 +52,9 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
     Top(commands::top::TopArgs),
+    /// Export exit counts, durations and handler events to Prometheus
+    /// (OpenMetrics on /metrics), until SIGTERM.
+    Serve(commands::serve::ServeArgs),
     /// Inside a VM: read the hypervisor's exit statistics from the CPUID
     /// leaves of a KVM with exitprof's patch.
     Guest(commands::guest::GuestArgs),
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         Command::Record(args) => commands::record::main(&args),
         Command::Report(args) => commands::report::main(&args),
         Command::Top(args) => commands::top::main(&args),
+        Command::Serve(args) => commands::serve::main(&args),
         Command::Guest(args) => commands::guest::main(&args),
         Command::BenchReadout(args) => commands::bench_readout::main(&args),
         Command::Vm(args) => commands::vm::main(&args),
