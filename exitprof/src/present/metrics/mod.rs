@@ -499,6 +499,56 @@ process_resident_memory_bytes 12345678
         }
     }
 
+    /// `packaging/grafana-dashboard.json` queries only what the exporter
+    /// serves: a renamed metric or label fails here (and in the root test
+    /// `serve_speaks_both_formats...`, against a real scrape).
+    #[test]
+    fn the_grafana_dashboard_queries_only_served_metrics_and_labels() {
+        fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition", serde_json::Value::String(q)) => {
+                                out.push(q.clone());
+                            }
+                            _ => queries(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| queries(v, out)),
+                _ => {}
+            }
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../packaging/grafana-dashboard.json"))
+                .unwrap();
+        let mut found = Vec::new();
+        queries(&dashboard, &mut found);
+        let text = rendered().render(Format::Text);
+        let metric = regex_lite::Regex::new(r"\b(?:exitprof|process)_[a-z0-9_]+").unwrap();
+        let grouping = regex_lite::Regex::new(r"\b(?:by|without) \(([^)]*)\)").unwrap();
+        for query in &found {
+            for name in metric.find_iter(query).map(|m| m.as_str()) {
+                assert!(
+                    text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+                    "the dashboard queries {name}, which the exporter does not serve"
+                );
+            }
+            for labels in grouping.captures_iter(query) {
+                for label in labels[1].split(',').map(str::trim) {
+                    assert!(
+                        ["instance", "job", "le"].contains(&label)
+                            || text.contains(&format!("{{{label}=\""))
+                            || text.contains(&format!(",{label}=\"")),
+                        "the dashboard groups by {label}, which no series has"
+                    );
+                }
+            }
+        }
+        assert!(found.len() > 10, "{found:?}");
+    }
+
     #[test]
     fn help_texts_need_no_escaping() {
         for line in FIXTURE_OPEN_METRICS
