@@ -6,6 +6,7 @@ use crate::sandbox::{Kernel, Scenario, run_scenario};
 mod common;
 mod mirror;
 mod record;
+mod serve;
 mod vmexit;
 
 /// Runs every scenario whose name contains `only` (all without it);

@@ -1,5 +1,6 @@
 //! The `vmexit-ground-truth` scenario: exitprof's per-reason counts
-//! against ftrace's own `kvm_exit` records, in raw and in classic mode.
+//! against ftrace's own `kvm_exit` records, in raw and in classic mode,
+//! and `exitprof serve`'s per-VM counts against them too (`serve.rs`).
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
@@ -38,9 +39,10 @@ while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
 {classic_ftrace}timeout 120 exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
-"#,
+{serve}"#,
         ftrace = ftrace_counts_script("", false),
         classic_ftrace = ftrace_counts_script("classic_", false),
+        serve = super::serve::script(),
     );
     let results = run_scenario(
         kernel,
@@ -199,6 +201,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
     for line in results.all("table") {
         println!("[e2e] | {line}");
     }
+    super::serve::check(&results)?;
     println!(
         "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
     );
