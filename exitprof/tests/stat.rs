@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use common::{EXITPROF, can_profile, count_where, exitprof, json, one_line_error};
+use common::{
+    EXITPROF, can_profile, count_where, exitprof, exitprof_bpf_ids, json, loaded_since,
+    one_line_error, still_loaded,
+};
 
 /// The acceptance run of the foundation issue: exact handler-event counts
 /// of the workload's process tree.
@@ -235,43 +238,13 @@ fn stat_when_a_tracepoint_is_missing() {
     );
 }
 
-/// The exitprof programs loaded now, once the count is `want` or 5 s
-/// have passed: the kernel frees a raw tracepoint's link from a work
-/// queue after an RCU grace period, so a program outlives the process
-/// that held it by a few milliseconds.
-fn attached_exitprof_programs_settled(want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = attached_exitprof_programs();
-        if n == want || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn attached_exitprof_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name kvm_cpuid") || l.contains("name kvm_exit"))
-        .count()
-}
-
 /// Ctrl-C detaches every program and still prints the snapshot.
 #[test]
 fn stat_interrupted_prints_and_detaches() {
     let Some(_serial) = can_profile("stat_interrupted_prints_and_detaches") else {
         return;
     };
-    assert_eq!(
-        attached_exitprof_programs_settled(0),
-        0,
-        "another exitprof is running"
-    );
+    let before = exitprof_bpf_ids();
     let child = Command::new(EXITPROF)
         .args(["stat", "--json"])
         .stdout(Stdio::piped())
@@ -279,10 +252,10 @@ fn stat_interrupted_prints_and_detaches() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        attached_exitprof_programs_settled(2),
-        2,
-        "kvm_cpuid and kvm_exit attached while running"
+    let ours = loaded_since(&before);
+    assert!(
+        ours.iter().filter(|(kind, _)| *kind == 'p').count() >= 2,
+        "programs attached while running: {ours:?}"
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id().cast_signed(), libc::SIGINT) };
@@ -290,7 +263,7 @@ fn stat_interrupted_prints_and_detaches() {
     assert_eq!(out.status.code(), Some(130));
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(snap["interval_ns"].as_u64().unwrap() >= 1_000_000_000);
-    assert_eq!(attached_exitprof_programs_settled(0), 0);
+    assert_eq!(still_loaded(&ours), std::collections::BTreeSet::new());
 }
 
 /// Events that do not fit a full map are counted as dropped, never lost

@@ -5,13 +5,13 @@
 //! runs between requests. SIGTERM or SIGINT detaches every program and
 //! exits 0.
 use std::{
+    io::ErrorKind,
     net::SocketAddr,
     process::ExitCode,
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use hyper::body::Bytes;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -43,6 +43,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:9283", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
     /// Count only this process (and its children from now on); repeatable.
+    /// Unlike `stat` and `top`, a process that holds no VM yet is taken:
+    /// children it starts later are counted.
     #[arg(short, long = "pid", value_name = "PID", value_parser = parse_live_pid)]
     pub pids: Vec<u32>,
     /// VM series per vCPU too (a series per VM, vCPU and reason).
@@ -58,11 +60,12 @@ pub struct ServeArgs {
     pub grace: Duration,
     /// A readout of the maps answers requests for at most this long
     /// (several Prometheus servers then cost one readout).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// (0 reads the maps for every request.)
+    #[arg(long, default_value = "1s", value_parser = parse_age)]
     pub max_age: Duration,
     /// Connections served at once; more are closed at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub max_connections: usize,
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections: u16,
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
@@ -83,6 +86,17 @@ pub struct ServeArgs {
     pub load_test_pid: Vec<u32>,
 }
 
+/// A duration, or zero (`0`, `0s`, `0ms`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// First pid of the load test's synthetic VMs.
 const SYNTHETIC_PID: u32 = 4_000_000;
 
@@ -91,6 +105,23 @@ const SYNTHETIC_PID: u32 = 4_000_000;
 /// # Errors
 /// Loading, attaching or listening fails; each error says why.
 pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // Listen first: a taken port fails before anything is attached.
+    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::AddrInUse => {
+                "it is in use: is another exporter running there? (pick another port with --listen)"
+                    .to_owned()
+            }
+            ErrorKind::AddrNotAvailable => {
+                "no interface of this machine has that address".to_owned()
+            }
+            ErrorKind::PermissionDenied => {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {}: {why}", args.listen)
+    })?;
     let filter = if args.pids.is_empty() {
         Filter::All
     } else {
@@ -108,12 +139,6 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .collect();
     profiler.fill_vms_for_load_test(&synthetic, args.load_test_vcpus)?;
     profiler.fill_vms_for_load_test(&args.load_test_pid, 1)?;
-    let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
-        format!(
-            "cannot listen on {}: is another exporter running there? (pick another with --listen)",
-            args.listen
-        )
-    })?;
     listener.set_nonblocking(true)?;
     let counters = Arc::new(Counters::default());
     let scraper = Arc::new(Mutex::new(Scraper::new(
@@ -123,7 +148,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&counters),
     )));
     let limits = Limits {
-        max_connections: args.max_connections.max(1),
+        max_connections: usize::from(args.max_connections),
         header_timeout: Duration::from_secs(5),
         connection_timeout: Duration::from_secs(10),
         max_header_bytes: 8192,
@@ -312,4 +337,19 @@ impl Scraper {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_may_be_zero() {
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("00ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("1s"), Ok(Duration::from_secs(1)));
+        assert!(parse_age("s").is_err());
+        assert!(parse_age("soon").is_err());
+    }
 }

@@ -5,6 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use crate::{
     bpf::AttachMode,
     cli::{parse_duration, parse_live_pid},
+    host::procfs,
     present::table,
     session::{Run, profile, signals},
 };
@@ -52,7 +53,7 @@ pub struct StatArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
     /// Capacity of the event maps (testing drop accounting).
-    #[arg(long, hide = true, value_name = "N")]
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: Option<u32>,
     /// The command to run and profile.
     #[arg(last = true, value_name = "COMMAND")]
@@ -64,6 +65,9 @@ pub struct StatArgs {
 /// # Errors
 /// Loading, attaching, spawning or reading fails; each error says why.
 pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = procfs::not_a_vm(&args.pids) {
+        anyhow::bail!(why);
+    }
     signals::install();
     let outcome = profile(&Run {
         command: &args.command,

@@ -110,11 +110,16 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
 }
 
 /// The exit-handler event tables (also the TUI's events view): one per
-/// kind of the event-kind table, then the userspace exits.
+/// kind of the event-kind table that saw events, then the userspace
+/// exits; a section without rows is left out, and when all are, one line
+/// says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
     struct Tables<'a>(&'a mut String);
     impl EventVisitor for Tables<'_> {
         fn rows<K: EventKind>(&mut self, rows: &[K]) {
+            if rows.is_empty() {
+                return;
+            }
             let _ = writeln!(self.0, "{:<36} {:>10}", K::TITLE, "COUNT");
             for r in rows {
                 let _ = writeln!(self.0, "{:<36} {:>10}", r.label(), r.count());
@@ -123,24 +128,32 @@ pub fn render_events(out: &mut String, snapshot: &Snapshot) {
         }
     }
     let e = &snapshot.events;
+    let before = out.len();
     e.each(&mut Tables(out));
-    let _ = writeln!(
-        out,
-        "{:<36} {:>10} {:>12} {:>12}",
-        "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
-    );
-    for r in &e.userspace_exit {
-        let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
+    if !e.userspace_exit.is_empty() {
         let _ = writeln!(
             out,
             "{:<36} {:>10} {:>12} {:>12}",
-            r.name,
-            r.count,
-            duration(avg),
-            duration(r.roundtrip_max_ns)
+            "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
+        );
+        for r in &e.userspace_exit {
+            let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{:<36} {:>10} {:>12} {:>12}",
+                r.name,
+                r.count,
+                duration(avg),
+                duration(r.roundtrip_max_ns)
+            );
+        }
+        out.push('\n');
+    }
+    if out.len() == before {
+        out.push_str(
+            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
         );
     }
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -243,6 +256,22 @@ mod tests {
         assert!(
             text.contains(
                 "\nhlt (0x78)                            1   25.00%           -    0.00%          -          -          -\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_sections_are_left_out() {
+        let text = render(&snapshot(), "all processes");
+        assert!(!text.contains("HYPERCALL"), "{text}");
+        assert!(!text.contains("MMIO GPA"), "{text}");
+        let mut quiet = snapshot();
+        quiet.events = crate::model::Events::default();
+        let text = render(&quiet, "all processes");
+        assert!(
+            text.contains(
+                "\nno exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n"
             ),
             "{text}"
         );

@@ -54,6 +54,9 @@ pub struct Outcome {
 /// # Errors
 /// Loading, attaching, spawning or reading fails.
 pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
+    if let Some(program) = run.command.first() {
+        child::runnable(program)?;
+    }
     let filter = if !run.pids.is_empty() {
         Filter::Tracked(run.pids.to_vec())
     } else if run.command.is_empty() || run.all {

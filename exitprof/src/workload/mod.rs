@@ -160,7 +160,8 @@ pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
         hypercall: (args.hypercall, args.hypercall_nr),
         hlt: args.hlt,
         paging: args.paging,
-        queries: u32::try_from(spec.queries.len()).expect("at most MAX_QUERIES"),
+        queries: u32::try_from(spec.queries.len())
+            .map_err(|_| WorkloadError::TooManyQueries(spec.queries.len()))?,
     };
     let hypercall = if backend == Backend::Vmx {
         Hypercall::Vmcall
