@@ -8,7 +8,8 @@ use aya_ebpf::{
 use exitprof_common::{
     maps::{
         BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, PENDING_MAP_ENTRIES,
-        PendingExit, PendingUserspaceExit, TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
+        PendingExit, PendingUserspaceExit, SITES_MAP_ENTRIES, SiteKey, TRACKED_MAP_ENTRIES,
+        UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -22,6 +23,12 @@ pub static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(SL
 #[map]
 pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(BREAKDOWN_MAP_ENTRIES, 0);
+
+/// Per (process, reason slot, guest RIP), filled when `CONFIG.sites != 0`
+/// (the loader shrinks it to one entry otherwise).
+#[map]
+pub static EXIT_SITES: PerCpuHashMap<SiteKey, BreakdownStats> =
+    PerCpuHashMap::with_max_entries(SITES_MAP_ENTRIES, 0);
 
 /// Exits in flight, by thread id. A thread's entry stays between exits
 /// (closed: `ts_ns == 0`) and goes at thread exit or by LRU eviction.

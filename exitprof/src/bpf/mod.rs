@@ -66,6 +66,9 @@ pub struct Options {
     pub cost: bool,
     /// Raw or classic tracepoints for the KVM programs.
     pub attach: AttachMode,
+    /// Also count exits per (process, reason, guest RIP): exit sites. It
+    /// costs a map update per exit, so it is off unless asked for.
+    pub sites: bool,
 }
 
 /// Attached programs and their maps.
@@ -83,6 +86,10 @@ pub struct Profiler {
     attached_as: Attached,
     /// See [`RawPlan::note`].
     attach_note: String,
+    /// Whether exits are broken down per (process, vCPU).
+    breakdown: bool,
+    /// Whether exit sites are counted.
+    sites: bool,
 }
 
 impl Profiler {
@@ -105,23 +112,20 @@ impl Profiler {
                 .find(|(h, _)| h.event == event)
                 .and_then(|(_, f)| f.as_ref())
         };
-        let plan = RawPlan::decide(options.attach, &Host::this())?;
+        let plan = RawPlan::decide(options.attach, &Host::this(), options.sites)?;
         let config = Config {
             filter: match options.filter {
                 Filter::All => FILTER_ALL,
                 Filter::Tracked(_) => FILTER_TRACKED,
             },
             breakdown: u32::from(options.breakdown),
+            sites: u32::from(options.sites),
             offsets: hooks::offsets(&find)?,
             raw: plan.offsets,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
-        if let Some(entries) = options.map_entries {
-            for map in hooks::sized_maps() {
-                loader.map_max_entries(map, entries);
-            }
-        }
+        size_maps(&mut loader, options);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Load(Box::new(e)))?;
@@ -186,6 +190,8 @@ impl Profiler {
             mirror,
             attached_as: plan.attached(),
             attach_note: plan.note(),
+            breakdown: options.breakdown,
+            sites: options.sites,
         })
     }
 
@@ -198,6 +204,16 @@ impl Profiler {
         tracked
             .insert(pid, 1, 0)
             .map_err(|e| map_error("TRACKED_TGIDS", e))
+    }
+
+    /// The processes counted under `Filter::Tracked`: those given, and
+    /// the ones they forked since (empty under `Filter::All`).
+    #[must_use]
+    pub fn tracked_pids(&self) -> Vec<u32> {
+        let Ok(tracked) = maps::map_ref::<HashMap<_, u32, u8>>(&self.ebpf, "TRACKED_TGIDS") else {
+            return Vec::new();
+        };
+        tracked.keys().filter_map(Result::ok).collect()
     }
 
     /// Fills the per-vCPU breakdown map with `keys` synthetic keys (pid
@@ -292,7 +308,10 @@ impl Profiler {
     /// # Errors
     /// When a map cannot be read.
     pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
-        let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        let mut snapshot = readout::read(&self.ebpf, self.backend, self.breakdown)?;
+        if self.sites {
+            snapshot.sites = readout::read_sites(&self.ebpf)?;
+        }
         if self.stats.is_some() {
             snapshot.programs = self
                 .attached
@@ -311,6 +330,7 @@ impl Profiler {
         snapshot.guest_mirror = Some(self.mirror.status.state());
         snapshot.attach_mode = self.attached_as;
         self.attach_note.clone_into(&mut snapshot.attach_note);
+        snapshot.fill_rates();
         Ok(snapshot)
     }
 }
@@ -329,6 +349,19 @@ fn may_load_bpf() -> bool {
     let caps = procfs::effective_capabilities();
     let has = |cap: u32| caps & (1 << cap) != 0;
     (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN)
+}
+
+/// Map capacities other than the built-in ones.
+fn size_maps(loader: &mut EbpfLoader, options: &Options) {
+    if let Some(entries) = options.map_entries {
+        for map in hooks::sized_maps() {
+            loader.map_max_entries(map, entries);
+        }
+    }
+    if !options.sites {
+        // Preallocated per CPU: unused, it would still cost memory.
+        loader.map_max_entries("EXIT_SITES", 1);
+    }
 }
 
 /// Each hook with its tracepoint's format; `None` for an optional

@@ -26,6 +26,7 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: AttachMode::Auto,
+        sites: false,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;
     let mut times = Vec::new();

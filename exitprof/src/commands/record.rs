@@ -232,6 +232,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             cost: false,
             attach: AttachMode::Auto,
             interval: Some(args.interval),
+            sites: false,
         })?;
         if let Some(code) = outcome.status
             && code != 0

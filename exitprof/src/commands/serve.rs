@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     bpf::{AttachMode, Filter, LoadError, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
-    host::procfs,
+    host::{procfs, vmname},
     http::{self, Counters, Limits, Request, Response},
     present::metrics::{Cost, Exporter, Fixed, Format, Processes, Rules},
 };
@@ -133,6 +133,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: args.cost,
         attach: args.attach,
+        sites: false,
     })?;
     let synthetic: Vec<u32> = (0..args.load_test_vms.unwrap_or(0))
         .map(|i| SYNTHETIC_PID + i)
@@ -220,10 +221,10 @@ fn answer(scraper: &Mutex<Scraper>, request: &Request) -> Response {
     }
 }
 
-/// The VM's name for the `vm` label. One place, so that a better source
-/// (the VMM's command line) is a one-line change.
+/// The VM's name for the `vm` label: from its VMM's command line (QEMU
+/// `-name`, Firecracker `--id`, ...), or its process name.
 fn vm_name(pid: u32) -> String {
-    procfs::comm(pid).unwrap_or_default()
+    vmname::vm_name(pid).unwrap_or_default()
 }
 
 /// Processes as `/proc` sees them, and the load test's synthetic VMs.

@@ -1,11 +1,12 @@
 //! `exitprof stat`: count while a command runs (or for a duration, or until
 //! Ctrl-C), then print one report, like `perf stat`.
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     bpf::AttachMode,
     cli::{parse_duration, parse_live_pid},
     host::procfs,
+    host::vmname,
     present::table,
     session::{Run, profile, signals},
 };
@@ -21,7 +22,9 @@ Examples:
   sudo exitprof stat --json --duration 5s
       every VM on the host, one JSON snapshot
   sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
-      what each program costs per event with classic tracepoints")]
+      what each program costs per event with classic tracepoints
+  sudo exitprof stat --sites --guest-symbols System.map-6.1.0-56-amd64 -- qemu-system-x86_64 ...
+      where in the guest kernel the exits come from, by function")]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "command-line flags, each its own switch"
@@ -52,6 +55,15 @@ pub struct StatArgs {
     /// classic tracepoints (offsets from tracefs), or raw where possible.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Also count exits per guest RIP and list the top sites per reason
+    /// (costs one more map update per exit; see BENCHMARKS.md).
+    #[arg(long)]
+    pub sites: bool,
+    /// Name the sites' RIPs with this guest System.map or copy of the
+    /// guest's /proc/kallsyms (implies --sites; a System.map matches a
+    /// guest kernel booted with `nokaslr`).
+    #[arg(long, value_name = "FILE")]
+    pub guest_symbols: Option<PathBuf>,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: Option<u32>,
@@ -68,8 +80,13 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
     if let Some(why) = procfs::not_a_vm(&args.pids) {
         anyhow::bail!(why);
     }
+    let symbols = args
+        .guest_symbols
+        .as_deref()
+        .map(super::guest_symbols)
+        .transpose()?;
     signals::install();
-    let outcome = profile(&Run {
+    let mut outcome = profile(&Run {
         command: &args.command,
         pids: &args.pids,
         all: args.all,
@@ -79,7 +96,15 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         cost: args.cost,
         attach: args.attach,
         interval: None,
+        sites: args.sites || symbols.is_some(),
     })?;
+    let names = &outcome.names;
+    outcome
+        .snapshot
+        .name_vms(|pid| names.get(&pid).cloned().or_else(|| vmname::vm_name(pid)));
+    if let Some(symbols) = &symbols {
+        outcome.snapshot.symbolize(symbols);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&outcome.snapshot)?);
     } else {

@@ -9,6 +9,8 @@
 use exitprof_common::events::{CpuidKey, EventKey, EventOffsets, MmioKey, MsrKey, PioKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::per_second::PerSecond;
+
 /// What a raw tracepoint program reads of one argument of the tracepoint's
 /// prototype; the loader checks it against the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +65,10 @@ pub trait EventKind: Clone + Default + PartialEq + Serialize + DeserializeOwned 
     fn count(&self) -> u64;
     /// Sets the events of this key.
     fn set_count(&mut self, count: u64);
+    /// Events per second over the snapshot's interval.
+    fn rate(&self) -> PerSecond;
+    /// Sets the rate ([`crate::model::Snapshot::fill_rates`]).
+    fn set_rate(&mut self, rate: PerSecond);
     /// Whether `other` counts the same key.
     fn same_key(&self, other: &Self) -> bool;
 }
@@ -77,7 +83,8 @@ fn pio_direction(write: bool) -> &'static str {
     if write { "out" } else { "in" }
 }
 
-/// Implements the count accessors of a row with a `count` field.
+/// Implements the count and rate accessors of a row with `count` and
+/// `rate_per_s` fields.
 macro_rules! count_field {
     () => {
         fn count(&self) -> u64 {
@@ -85,6 +92,12 @@ macro_rules! count_field {
         }
         fn set_count(&mut self, count: u64) {
             self.count = count;
+        }
+        fn rate(&self) -> PerSecond {
+            self.rate_per_s
+        }
+        fn set_rate(&mut self, rate: PerSecond) {
+            self.rate_per_s = rate;
         }
     };
 }
@@ -99,6 +112,9 @@ pub struct CpuidRow {
     pub subleaf: Option<u32>,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for CpuidRow {
@@ -122,6 +138,7 @@ impl EventKind for CpuidRow {
             leaf: k.leaf,
             subleaf: Some(k.subleaf),
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -150,6 +167,9 @@ pub struct PioRow {
     pub size: u8,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for PioRow {
@@ -175,6 +195,7 @@ impl EventKind for PioRow {
             write: k.write != 0,
             size: k.size,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -207,6 +228,9 @@ pub struct MmioRow {
     pub write: bool,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for MmioRow {
@@ -227,6 +251,7 @@ impl EventKind for MmioRow {
             gpa: k.gpa,
             write: k.write != 0,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -253,6 +278,9 @@ pub struct MsrRow {
     pub write: bool,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for MsrRow {
@@ -273,6 +301,7 @@ impl EventKind for MsrRow {
             index: k.index,
             write: k.write != 0,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -297,6 +326,9 @@ pub struct HypercallRow {
     pub nr: u64,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for HypercallRow {
@@ -313,7 +345,11 @@ impl EventKind for HypercallRow {
         cache: None,
     };
     fn from_key(nr: &u64, count: u64) -> Self {
-        Self { nr: *nr, count }
+        Self {
+            nr: *nr,
+            count,
+            ..Self::default()
+        }
     }
     fn label(&self) -> String {
         format!("{:#x}", self.nr)
@@ -345,12 +381,21 @@ pub struct UserspaceExitRow {
     pub roundtrip_total_ns: u64,
     /// Longest round trip.
     pub roundtrip_max_ns: u64,
+    /// Returns to user space per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 /// Something done with each kind's rows, in table order.
 pub trait EventVisitor {
     /// Called once per kind.
     fn rows<K: EventKind>(&mut self, rows: &[K]);
+}
+
+/// Something done to each kind's rows, in table order.
+pub trait EventVisitorMut {
+    /// Called once per kind.
+    fn rows<K: EventKind>(&mut self, rows: &mut [K]);
 }
 
 /// Where a snapshot's rows of each kind come from (the readout).
@@ -390,6 +435,11 @@ macro_rules! event_kinds {
             /// Calls `visitor` with each kind's rows.
             pub fn each(&self, visitor: &mut impl EventVisitor) {
                 $(visitor.rows(&self.$field);)+
+            }
+
+            /// Calls `visitor` with each kind's rows, to change them.
+            pub fn each_mut(&mut self, visitor: &mut impl EventVisitorMut) {
+                $(visitor.rows(&mut self.$field);)+
             }
 
             /// Reads every kind from `reader`.
@@ -547,6 +597,7 @@ mod tests {
             leaf: 7,
             subleaf: Some(1),
             count: 3,
+            ..CpuidRow::default()
         };
         assert_eq!(
             cpuid.key_labels(),
@@ -557,6 +608,7 @@ mod tests {
             write: false,
             size: 1,
             count: 1,
+            ..PioRow::default()
         };
         assert_eq!(
             pio.key_labels(),
@@ -570,6 +622,7 @@ mod tests {
             gpa: 0xd000_0000,
             write: true,
             count: 1,
+            ..MmioRow::default()
         };
         assert_eq!(
             mmio.key_labels(),
@@ -582,6 +635,7 @@ mod tests {
             index: 0x8b,
             write: false,
             count: 1,
+            ..MsrRow::default()
         };
         assert_eq!(
             msr.key_labels(),
@@ -600,6 +654,7 @@ mod tests {
             write: true,
             size: 1,
             count,
+            ..Default::default()
         };
         let a = Events {
             pio: vec![row(0xe9, 5), row(0xf4, 1)],

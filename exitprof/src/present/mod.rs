@@ -2,6 +2,7 @@
 //! guest report) into text for people, or for Prometheus (`metrics/`).
 //! They never touch maps and do no I/O.
 pub mod chart;
+pub mod events;
 pub mod guest;
 pub mod metrics;
 pub mod report;

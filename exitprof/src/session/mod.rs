@@ -5,15 +5,23 @@
 mod child;
 pub mod signals;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use crate::{
     bpf::{AttachMode, Filter, Options, Profiler},
+    host::vmname,
     model::Snapshot,
 };
 use child::GatedChild;
 
 /// What to profile, and for how long.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the switches of one run, each its own command-line flag"
+)]
 pub struct Run<'a> {
     /// Command to run and count (its process tree unless `all`).
     pub command: &'a [String],
@@ -33,6 +41,8 @@ pub struct Run<'a> {
     pub attach: AttachMode,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
+    /// Count exits per guest RIP too (exit sites).
+    pub sites: bool,
 }
 
 /// What a profiled run saw.
@@ -45,6 +55,31 @@ pub struct Outcome {
     pub status: Option<i32>,
     /// What was counted, for people.
     pub scope: String,
+    /// The names of the VMs of tracked processes (`host::vmname`), read
+    /// while they ran: a VMM that exited has no `/proc` entry left.
+    pub names: BTreeMap<u32, String>,
+}
+
+/// How often the names of tracked processes are read while they run.
+const NAME_EVERY: Duration = Duration::from_millis(200);
+
+/// Names by pid, and whether the VMM's command line gave it (not `comm`).
+type Names = BTreeMap<u32, (String, bool)>;
+
+/// Reads the names of `pids`. Names change at `exec` (the forked child is
+/// exitprof, then the command), so a command-line name replaces what was
+/// read before; a `comm` only fills in, and never replaces a command-line
+/// name (an exited VMM's zombie has no command line left).
+fn read_names(pids: &[u32], names: &mut Names) {
+    for &pid in pids {
+        if let Some(name) = vmname::cmdline_name(pid) {
+            names.insert(pid, (name, true));
+        } else if !names.get(&pid).is_some_and(|n| n.1)
+            && let Some(name) = vmname::vm_name(pid)
+        {
+            names.insert(pid, (name, false));
+        }
+    }
 }
 
 /// Attaches, runs the command (held before exec until it is tracked),
@@ -72,6 +107,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         map_entries: run.map_entries,
         cost: run.cost,
         attach: run.attach,
+        sites: run.sites,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(
@@ -102,7 +138,13 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     let mut next_interval = run.interval.map(|i| started + i);
     let mut intervals = Vec::new();
     let mut status = None;
+    let mut names = Names::new();
+    let mut next_names = started;
     loop {
+        if (tracked_command || !run.pids.is_empty()) && Instant::now() >= next_names {
+            read_names(&profiler.tracked_pids(), &mut names);
+            next_names += NAME_EVERY;
+        }
         if let Some(c) = child.as_mut()
             && let Some(s) = c.try_wait()?
         {
@@ -133,5 +175,9 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         intervals,
         status,
         scope,
+        names: names
+            .into_iter()
+            .map(|(pid, (name, _))| (pid, name))
+            .collect(),
     })
 }

@@ -180,26 +180,31 @@ mod tests {
             leaf: 0x4fff_fffd,
             subleaf: Some(0x72),
             count: 4,
+            ..CpuidRow::default()
         }];
         s.events.pio = vec![PioRow {
             port: 0xe9,
             write: true,
             size: 1,
             count: 5,
+            ..PioRow::default()
         }];
         s.events.mmio = vec![MmioRow {
             gpa: 0xd000_0000,
             write: false,
             count: 2,
+            ..MmioRow::default()
         }];
         s.events.msr = vec![MsrRow {
             index: 0x8b,
             write: true,
             count: 1,
+            ..MsrRow::default()
         }];
         s.events.hypercall = vec![HypercallRow {
             nr: 0x283,
             count: 1,
+            ..HypercallRow::default()
         }];
         s.events.userspace_exit = vec![UserspaceExitRow {
             reason: 2,
@@ -208,6 +213,7 @@ mod tests {
             roundtrips: 4,
             roundtrip_total_ns: 50_000,
             roundtrip_max_ns: 20_000,
+            ..UserspaceExitRow::default()
         }];
         s.dropped = 7;
         s
@@ -399,6 +405,7 @@ process_resident_memory_bytes 12345678
             write: true,
             size: 1,
             count,
+            ..PioRow::default()
         }
     }
 
