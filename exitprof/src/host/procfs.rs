@@ -16,10 +16,18 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|c| c.trim().to_owned())
 }
 
-/// Whether process `pid` exists (a zombie still does, until reaped).
+/// Whether process `pid` runs: it exists and is no zombie (a killed VMM
+/// whose parent has not reaped it yet has ended).
 #[must_use]
 pub fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which may hold spaces and ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 /// The kernel's `USER_HZ`: `/proc` counts CPU time in ticks of
@@ -114,6 +122,15 @@ mod tests {
     fn this_process_is_alive_and_uses_memory() {
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX));
+        // A child that exited and is not reaped yet is a zombie: ended.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid), "a zombie counts as alive");
+        child.wait().unwrap();
         let (cpu, rss) = own_usage().unwrap();
         assert!(cpu >= 0.0 && rss > 1024 * 1024, "{cpu} {rss}");
     }

@@ -471,6 +471,34 @@ process_resident_memory_bytes 12345678
         assert_eq!(e.vms(), [7, 8]);
     }
 
+    /// The readout's per-reason counts are sums of the per-vCPU entries,
+    /// so they drop when a retired VM's entries are deleted: the host-wide
+    /// counter must not read that as a reset.
+    #[test]
+    fn deleting_a_retired_vms_entries_does_not_count_the_others_again() {
+        let mut e = exporter(20, false);
+        let mut procs = Fake::default();
+        let mut s = Snapshot::empty(Backend::Svm);
+        let reason_row = |count| ExitRow {
+            isa: Isa::Svm,
+            reason: 0x72,
+            name: "cpuid".into(),
+            count,
+            ..ExitRow::default()
+        };
+        s.exits = vec![reason_row(150), vm_row(7, 0, 100, 0), vm_row(8, 0, 50, 0)];
+        e.update(&s, Duration::ZERO, &procs);
+        procs.dead.insert(7);
+        e.update(&s, SECOND, &procs);
+        assert_eq!(e.update(&s, 11 * SECOND, &procs), [7]);
+        // Entries of 7 deleted; 8 did 5 more.
+        s.exits = vec![reason_row(55), vm_row(8, 0, 55, 0)];
+        e.update(&s, 12 * SECOND, &procs);
+        let text = e.render(Format::Text);
+        let series = r#"exitprof_exits_total{isa="svm",reason="0x72",name="cpuid"}"#;
+        assert_eq!(sample(&text, series), Some(155.0), "{text}");
+    }
+
     #[test]
     fn by_vcpu_keeps_a_series_per_vcpu() {
         let mut e = exporter(20, true);

@@ -36,6 +36,14 @@ pub fn advance(last: &mut u64, now: u64) -> u64 {
 }
 
 /// One exit reason, host-wide: a counter and the duration histogram.
+///
+/// The exits and their time are the sums of the VMs' steps (the per-vCPU
+/// rows: `serve` always reads them), not steps of the per-reason row: a
+/// VM's map entries are deleted when its series go, and the readout's
+/// per-reason counts, which are sums of those entries, then drop by the
+/// VM's exits; a drop is read as a reset, which would count the other
+/// VMs' exits again. The histogram's buckets come from the per-reason
+/// row (`EXIT_STATS`, whose entries are never deleted).
 #[derive(Debug, Default, Clone)]
 pub struct Reason {
     /// The reason's name.
@@ -51,9 +59,7 @@ pub struct Reason {
 
 #[derive(Debug, Default, Clone)]
 struct ReasonReading {
-    count: u64,
     buckets: [u64; HIST_BUCKETS],
-    total_ns: u64,
 }
 
 /// The key of one exit series of a VM: vCPU (with `--by-vcpu`), isa, code.
@@ -304,11 +310,10 @@ impl State {
         retired
     }
 
+    /// A per-reason row: only its histogram (see [`Reason`]).
     fn add_reason(&mut self, row: &ExitRow) {
         let reason = self.reasons.entry((row.isa, row.reason)).or_default();
         row.name.clone_into(&mut reason.name);
-        reason.count += advance(&mut reason.last.count, row.count);
-        reason.total_ns += advance(&mut reason.last.total_ns, row.total_ns);
         for (i, now) in row.hist_log2_ns.iter().enumerate().take(HIST_BUCKETS) {
             reason.buckets[i] += advance(&mut reason.last.buckets[i], *now);
         }
@@ -362,6 +367,12 @@ impl State {
             }
             series.count += count;
             series.total_ns += total_ns;
+            let reason = self.reasons.entry((row.isa, row.reason)).or_default();
+            if reason.name.is_empty() {
+                row.name.clone_into(&mut reason.name);
+            }
+            reason.count += count;
+            reason.total_ns += total_ns;
         }
         self.retired.retain(|pid| seen.contains(pid));
         let mut retired = Vec::new();
