@@ -5,8 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     bpf::AttachMode,
     cli::{parse_duration, parse_live_pid},
-    host::procfs,
-    host::vmname,
+    host::{procfs, vmname},
     present::table,
     session::{Run, profile, signals},
 };

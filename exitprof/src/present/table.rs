@@ -192,6 +192,7 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
             );
         }
     }
+    out.push('\n');
 }
 
 /// `time`, or `-` when no exit was timed (the VM ended before re-entry).
@@ -208,10 +209,11 @@ pub fn site_label(site: &SiteRow) -> String {
     }
 }
 
-/// The exit-handler event tables (one per kind of the event-kind table,
-/// under its exit reason where exits are seen), then the userspace exits.
+/// The exit-handler event tables (one per kind of the event-kind table
+/// that saw events, under its exit reason where exits are seen), then the
+/// userspace exits; a section without rows is left out, and when all are,
+/// one line says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
-    // Sections without rows are left out; when all are, one line says so.
     let groups: Vec<_> = event_groups(snapshot)
         .into_iter()
         .filter(|g| !g.lines.is_empty())
