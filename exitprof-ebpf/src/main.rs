@@ -31,6 +31,7 @@ mod config;
 mod counters;
 mod handler_events;
 mod maps;
+mod mirror;
 mod process;
 mod userspace_roundtrip;
 mod vmexit;

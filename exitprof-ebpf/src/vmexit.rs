@@ -21,7 +21,7 @@ use aya_ebpf::{
 use exitprof_common::{
     Isa,
     maps::{BreakdownKey, BreakdownStats, PendingExit, SiteKey, drop_reason, log2_bucket},
-    reasons::slot,
+    reasons::{slot, slot_reason},
 };
 
 use crate::{
@@ -145,6 +145,7 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
             unsafe { (*stats).count += 1 };
         }
     }
+    crate::mirror::exit(tgid, isa, reason);
     let pending = PendingExit {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         slot,
@@ -194,6 +195,9 @@ fn time_entry() {
                 *b += 1;
             }
         }
+    }
+    if let Some((isa, reason)) = slot_reason(pending.slot) {
+        crate::mirror::entry_time(tgid, isa as u32, reason, took);
     }
     if config!(breakdown) != 0 {
         let key = BreakdownKey {

@@ -2,7 +2,7 @@
 //! snapshot takes with a per-vCPU map of KEYS synthetic keys.
 use std::{process::ExitCode, time::Instant};
 
-use crate::bpf::{AttachMode, Filter, Options, Profiler};
+use crate::bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler};
 
 /// Arguments of `exitprof bench-readout`.
 #[derive(clap::Args, Debug)]
@@ -27,6 +27,7 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: AttachMode::Auto,
         sites: false,
+        mirror: MirrorChoice::Off,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;
     let mut times = Vec::new();

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    bpf::AttachMode,
+    bpf::{AttachMode, MirrorChoice},
     cli::parse_duration,
     host::{
         backend::{self, SYS_MODULE, VendorModule},
@@ -70,6 +70,11 @@ pub struct RecordArgs {
     /// Snapshot interval within a run.
     #[arg(short, long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Reload the KVM module even when other VMs run (they will die).
     #[arg(long)]
     pub force: bool,
@@ -171,6 +176,10 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Profiling, switching or writing fails; the paging mode is restored.
+#[expect(
+    clippy::too_many_lines,
+    reason = "merged: --sites (top-ops) and --guest-mirror (main) each added a line; the run's steps in order"
+)]
 pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     signals::install();
     if args.restore {
@@ -231,6 +240,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             map_entries: None,
             cost: false,
             attach: AttachMode::Auto,
+            mirror: args.guest_mirror,
             interval: Some(args.interval),
             sites: false,
         })?;

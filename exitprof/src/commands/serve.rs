@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    bpf::{AttachMode, Filter, LoadError, Options, Profiler},
+    bpf::{AttachMode, Filter, LoadError, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     http::{self, Counters, Limits, Request, Response},
@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Also export each eBPF program's runs and time (kernel BPF
     /// statistics, which add two clock reads to every program run).
     #[arg(long)]
@@ -134,6 +138,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         cost: args.cost,
         attach: args.attach,
         sites: false,
+        mirror: args.guest_mirror,
     })?;
     let synthetic: Vec<u32> = (0..args.load_test_vms.unwrap_or(0))
         .map(|i| SYNTHETIC_PID + i)

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
-    bpf::AttachMode,
+    bpf::{AttachMode, MirrorChoice},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     present::table,
@@ -63,6 +63,11 @@ pub struct StatArgs {
     /// guest kernel booted with `nokaslr`).
     #[arg(long, value_name = "FILE")]
     pub guest_symbols: Option<PathBuf>,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: Option<u32>,
@@ -94,6 +99,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         map_entries: args.map_entries,
         cost: args.cost,
         attach: args.attach,
+        mirror: args.guest_mirror,
         interval: None,
         sites: args.sites || symbols.is_some(),
     })?;

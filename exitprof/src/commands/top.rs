@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs, vmname},
     model::{Snapshot, Symbols},
@@ -53,6 +53,11 @@ pub struct TopArgs {
     /// guest's /proc/kallsyms (implies --sites).
     #[arg(long, value_name = "FILE")]
     pub guest_symbols: Option<PathBuf>,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -84,6 +89,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: args.attach,
         sites: args.sites || symbols.is_some(),
+        mirror: args.guest_mirror,
     })?;
     let mut names = BTreeMap::new();
     let symbols = symbols.as_ref();

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
     host::vmname,
     model::Snapshot,
 };
@@ -39,6 +39,8 @@ pub struct Run<'a> {
     pub cost: bool,
     /// Raw or classic tracepoints.
     pub attach: AttachMode,
+    /// Whose exits the guests of a patched KVM read.
+    pub mirror: MirrorChoice,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
     /// Count exits per guest RIP too (exit sites).
@@ -108,6 +110,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         cost: run.cost,
         attach: run.attach,
         sites: run.sites,
+        mirror: run.mirror,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

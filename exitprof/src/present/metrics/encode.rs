@@ -124,6 +124,7 @@ fn encode_all(state: &State, fixed: &Fixed, enc: &mut DescriptorEncoder) -> fmt:
         ("backend", &info.backend),
         ("attach_mode", &info.attach_mode),
         ("guest_mirror", &info.guest_mirror),
+        ("guest_mirror_scope", &info.guest_mirror_scope),
         (
             "vmexit_available",
             if info.vmexit_available {

@@ -246,7 +246,7 @@ mod tests {
     /// The whole exposition of [`fixture`], byte for byte.
     const FIXTURE_OPEN_METRICS: &str = r#"# HELP exitprof What this exporter watches and how: backend, attach mode, guest mirror, version
 # TYPE exitprof info
-exitprof_info{version="0.1.0",backend="svm",attach_mode="raw",guest_mirror="unpatched",vmexit_available="true",scope="all",top_keys="20"} 1
+exitprof_info{version="0.1.0",backend="svm",attach_mode="raw",guest_mirror="unpatched",guest_mirror_scope="",vmexit_available="true",scope="all",top_keys="20"} 1
 # HELP exitprof_exits VM exits per exit reason, host-wide (kvm:kvm_exit; VMX and SVM hosts)
 # TYPE exitprof_exits counter
 exitprof_exits_total{isa="svm",reason="0x72",name="cpuid"} 4

@@ -207,6 +207,8 @@ pub struct Info {
     pub attach_mode: String,
     /// The guest CPUID mirror's state.
     pub guest_mirror: String,
+    /// Whose exits its guests read (`vm`, `host`; "" unregistered).
+    pub guest_mirror_scope: String,
     /// Whether `kvm_exit` fires here.
     pub vmexit_available: bool,
 }
@@ -287,6 +289,12 @@ impl State {
             backend: snapshot.backend.name().to_owned(),
             attach_mode: snapshot.attach_mode.name().to_owned(),
             guest_mirror: snapshot.guest_mirror.map_or("none", mirror_name).to_owned(),
+            guest_mirror_scope: match snapshot.guest_mirror_scope {
+                Some(crate::model::MirrorScope::Vm) => "vm",
+                Some(crate::model::MirrorScope::Host) => "host",
+                None => "",
+            }
+            .to_owned(),
             vmexit_available: snapshot.vmexit_available,
         };
         for row in snapshot.reason_rows() {
@@ -399,5 +407,6 @@ const fn mirror_name(state: crate::model::MirrorState) -> &'static str {
         MirrorState::Unpatched => "unpatched",
         MirrorState::Busy => "busy",
         MirrorState::Failed => "failed",
+        MirrorState::Off => "off",
     }
 }
