@@ -102,11 +102,11 @@ pub struct Config {
     pub filter: u32,
     /// Non-zero: also aggregate exits per (process, vCPU, reason).
     pub breakdown: u32,
-    /// Non-zero: also aggregate exits per (process, reason, guest RIP).
-    pub sites: u32,
     /// Fill `GUEST_MIRROR` for a patched KVM: [`MIRROR_OFF`],
     /// [`MIRROR_VM`] or [`MIRROR_HOST`].
     pub mirror: u32,
+    /// Non-zero: also aggregate exits per (process, reason, guest RIP).
+    pub sites: u32,
     /// Record field offsets for the classic tracepoints.
     pub offsets: Offsets,
     /// Structure offsets for the raw tracepoints.
@@ -119,8 +119,8 @@ impl Config {
     pub const ZERO: Self = Self {
         filter: FILTER_ALL,
         breakdown: 0,
-        sites: 0,
         mirror: MIRROR_OFF,
+        sites: 0,
         offsets: Offsets::ZERO,
         raw: RawOffsets::ZERO,
     };

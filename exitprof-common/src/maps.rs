@@ -34,10 +34,10 @@ pub mod drop_reason {
     pub const BREAKDOWN_MAP_FULL: u32 = 1;
     /// A pending (in flight) map update failed.
     pub const PENDING_MAP_FULL: u32 = 2;
-    /// The exit-site map was full.
-    pub const SITES_MAP_FULL: u32 = 3;
     /// The guest mirror map was full.
-    pub const MIRROR_MAP_FULL: u32 = 4;
+    pub const MIRROR_MAP_FULL: u32 = 3;
+    /// The exit-site map was full.
+    pub const SITES_MAP_FULL: u32 = 4;
     /// Number of slots in `DROPPED`.
     pub const SLOTS: u32 = 5;
 }

@@ -133,6 +133,7 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
             unsafe { (*stats).count += 1 };
         }
     }
+    crate::mirror::exit(tgid, isa, reason);
     if config!(sites) != 0 {
         let key = SiteKey {
             pid: tgid,
@@ -145,7 +146,6 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
             unsafe { (*stats).count += 1 };
         }
     }
-    crate::mirror::exit(tgid, isa, reason);
     let pending = PendingExit {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         slot,

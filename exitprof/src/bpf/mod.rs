@@ -68,11 +68,11 @@ pub struct Options {
     pub cost: bool,
     /// Raw or classic tracepoints for the KVM programs.
     pub attach: AttachMode,
+    /// Whose exits the guests of a patched KVM read.
+    pub mirror: MirrorChoice,
     /// Also count exits per (process, reason, guest RIP): exit sites. It
     /// costs a map update per exit, so it is off unless asked for.
     pub sites: bool,
-    /// Whose exits the guests of a patched KVM read.
-    pub mirror: MirrorChoice,
 }
 
 /// Attached programs and their maps.
@@ -124,13 +124,13 @@ impl Profiler {
                 Filter::Tracked(_) => FILTER_TRACKED,
             },
             breakdown: u32::from(options.breakdown),
-            sites: u32::from(options.sites),
             mirror: match options.mirror {
                 _ if !patched => MIRROR_OFF,
                 MirrorChoice::Off => MIRROR_OFF,
                 MirrorChoice::Vm => MIRROR_VM,
                 MirrorChoice::Host => MIRROR_HOST,
             },
+            sites: u32::from(options.sites),
             offsets: hooks::offsets(&find)?,
             raw: plan.offsets,
         };

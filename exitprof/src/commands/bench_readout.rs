@@ -26,8 +26,8 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: AttachMode::Auto,
-        sites: false,
         mirror: MirrorChoice::Off,
+        sites: false,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;
     let mut times = Vec::new();

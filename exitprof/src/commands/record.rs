@@ -172,14 +172,23 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `recording` to `path`, saying so.
+fn write(path: &Path, recording: &Recording) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string(recording)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "exitprof: wrote {} ({} run(s)); `exitprof report {}` shows it",
+        path.display(),
+        recording.runs.len(),
+        path.display()
+    );
+    Ok(())
+}
+
 /// Runs `exitprof record`.
 ///
 /// # Errors
 /// Profiling, switching or writing fails; the paging mode is restored.
-#[expect(
-    clippy::too_many_lines,
-    reason = "merged: --sites (top-ops) and --guest-mirror (main) each added a line; the run's steps in order"
-)]
 pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     signals::install();
     if args.restore {
@@ -263,22 +272,17 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
     // Restores the original mode (the guard in the plan).
     drop(plan);
-    let recording = Recording {
-        format: FORMAT.to_owned(),
-        version: VERSION,
-        host: procfs::hostname(),
-        backend,
-        command,
-        runs,
-    };
-    std::fs::write(&args.output, serde_json::to_string(&recording)?)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    eprintln!(
-        "exitprof: wrote {} ({} run(s)); `exitprof report {}` shows it",
-        args.output.display(),
-        recording.runs.len(),
-        args.output.display()
-    );
+    write(
+        &args.output,
+        &Recording {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            host: procfs::hostname(),
+            backend,
+            command,
+            runs,
+        },
+    )?;
     Ok(if signals::received().is_some() {
         ExitCode::from(130)
     } else {

@@ -54,6 +54,11 @@ pub struct StatArgs {
     /// classic tracepoints (offsets from tracefs), or raw where possible.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP and list the top sites per reason
     /// (costs one more map update per exit; see BENCHMARKS.md).
     #[arg(long)]
@@ -63,11 +68,6 @@ pub struct StatArgs {
     /// guest kernel booted with `nokaslr`).
     #[arg(long, value_name = "FILE")]
     pub guest_symbols: Option<PathBuf>,
-    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
-    /// exits (vm), every guest the whole host's (host: every tenant's
-    /// activity, only where guests may see it), or no mirror (off).
-    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
-    pub guest_mirror: MirrorChoice,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: Option<u32>,

@@ -45,6 +45,11 @@ pub struct TopArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP (view 5; costs one more map update
     /// per exit, see BENCHMARKS.md).
     #[arg(long)]
@@ -53,11 +58,6 @@ pub struct TopArgs {
     /// guest's /proc/kallsyms (implies --sites).
     #[arg(long, value_name = "FILE")]
     pub guest_symbols: Option<PathBuf>,
-    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
-    /// exits (vm), every guest the whole host's (host: every tenant's
-    /// activity, only where guests may see it), or no mirror (off).
-    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
-    pub guest_mirror: MirrorChoice,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -88,8 +88,8 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: args.attach,
-        sites: args.sites || symbols.is_some(),
         mirror: args.guest_mirror,
+        sites: args.sites || symbols.is_some(),
     })?;
     let mut names = BTreeMap::new();
     let symbols = symbols.as_ref();

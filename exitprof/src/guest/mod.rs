@@ -340,7 +340,7 @@ mod tests {
                 .count(),
         )
         .unwrap();
-        assert_eq!(counted, 79);
+        assert_eq!(counted, 78);
         assert_eq!(report.queries, counted + 2 + 4);
         assert!(
             !cpu.asked.contains(&(0x4fff_fffd, 0x001)),

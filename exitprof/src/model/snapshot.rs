@@ -360,10 +360,7 @@ pub(crate) mod contract {
     use crate::model::events::{CpuidRow, HypercallRow, MmioRow, MsrRow, PioRow, UserspaceExitRow};
 
     /// A snapshot with every field of the `--json` contract set.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "every field of the contract, one after the other"
-    )]
+    #[expect(clippy::too_many_lines, reason = "every field of the contract, set")]
     pub fn fixed() -> Snapshot {
         let mut s = Snapshot::empty(Backend::Svm);
         s.interval_ns = 2_000_000_000;

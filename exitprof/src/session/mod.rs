@@ -109,8 +109,8 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         map_entries: run.map_entries,
         cost: run.cost,
         attach: run.attach,
-        sites: run.sites,
         mirror: run.mirror,
+        sites: run.sites,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

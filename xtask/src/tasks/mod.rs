@@ -242,7 +242,10 @@ impl Tally {
 fn cargo_test(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     let mut cmd = Command::new("cargo");
+    // --no-fail-fast: a failing unit-test binary must not keep the root
+    // integration tests from running; every failure is reported at once.
     cmd.arg("test")
+        .arg("--no-fail-fast")
         .args(args)
         .args(["--", "--test-threads=1"])
         .current_dir(dir)
