@@ -11,6 +11,10 @@ pub(super) struct Sizes {
     pub(super) sandbox_rounds: usize,
     pub(super) readout_repeat: u32,
     pub(super) tui_seconds: u64,
+    /// Scrapes of the exporter measured, per configuration.
+    pub(super) exporter_scrapes: usize,
+    /// Seconds the exporter is watched idle.
+    pub(super) exporter_idle_s: u64,
     /// Longest the sandbox boot may take before it counts as a stall of
     /// the TCG emulation (and is retried once).
     pub(super) sandbox_timeout_s: u64,
@@ -24,6 +28,8 @@ pub(super) const FULL: Sizes = Sizes {
     sandbox_rounds: 5,
     readout_repeat: 20,
     tui_seconds: 60,
+    exporter_scrapes: 30,
+    exporter_idle_s: 15,
     sandbox_timeout_s: 1800,
 };
 
@@ -35,6 +41,8 @@ pub(super) const SMOKE: Sizes = Sizes {
     sandbox_rounds: 1,
     readout_repeat: 3,
     tui_seconds: 5,
+    exporter_scrapes: 3,
+    exporter_idle_s: 2,
     sandbox_timeout_s: 300,
 };
 
@@ -89,6 +97,7 @@ pub(super) struct Report {
     pub(super) sandbox_slowdown: Vec<Slowdown>,
     pub(super) readout: Vec<Value>,
     pub(super) tui: Option<Value>,
+    pub(super) exporter: Option<Value>,
     pub(super) targets: Vec<Target>,
 }
 

@@ -192,6 +192,7 @@ const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "insmod", "rmmod", "cat", "echo", "grep", "sed", "sort", "uniq",
     "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut", "awk",
     "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe", "modinfo", "cp", "mv",
+    "ifconfig", "wget",
 ];
 
 /// The tracers `cargo xtask bench` compares exitprof with, and bpftool

@@ -9,6 +9,7 @@ mod qemu_guest;
 mod record;
 mod reload;
 mod selftest;
+mod serve;
 mod vmexit;
 
 /// Runs every scenario whose name contains `only` (all without it);

@@ -1,7 +1,8 @@
 //! The `vmexit-ground-truth` scenario: exitprof's per-reason counts
 //! against ftrace's own `kvm_exit` records, in raw and in classic mode,
 //! and the exit sites (`--sites`) of the workload's CPUID loop: one guest
-//! RIP with exactly the workload's count, the same in both modes.
+//! RIP with exactly the workload's count, the same in both modes; and
+//! `exitprof serve`'s per-VM counts against ftrace too (`serve.rs`).
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
@@ -42,9 +43,10 @@ while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
 {classic_ftrace}timeout 120 exitprof stat --sites -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
-"#,
+{serve}"#,
         ftrace = ftrace_counts_script("", false),
         classic_ftrace = ftrace_counts_script("classic_", false),
+        serve = super::serve::script(),
     );
     let results = run_scenario(
         kernel,
@@ -226,6 +228,7 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         table_sites.len() == 1 && table_sites[0].1 == 1000,
         "stat --sites prints {table_sites:?} under cpuid (0x72), not one site with 1000"
     );
+    super::serve::check(&results)?;
     println!(
         "[e2e] exit sites: the CPUID loop is one site, {raw_rip:#x}, with exactly {CPUIDS} exits (raw and classic), and 1000 in the text table"
     );
