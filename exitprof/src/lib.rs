@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod guest;
 pub mod host;
+pub mod http;
 pub mod model;
 pub mod present;
 pub mod session;

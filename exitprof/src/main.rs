@@ -36,6 +36,9 @@ enum Command {
     Report(exitprof::commands::report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
     Top(exitprof::commands::top::TopArgs),
+    /// Export exit counts, durations and handler events to Prometheus
+    /// (OpenMetrics on /metrics), until SIGTERM.
+    Serve(exitprof::commands::serve::ServeArgs),
     /// Inside a VM: read the hypervisor's exit statistics from the CPUID
     /// leaves of a KVM with exitprof's patch.
     Guest(exitprof::commands::guest::GuestArgs),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Record(args) => exitprof::commands::record::main(&args),
         Command::Report(args) => exitprof::commands::report::main(&args),
         Command::Top(args) => exitprof::commands::top::main(&args),
+        Command::Serve(args) => exitprof::commands::serve::main(&args),
         Command::Guest(args) => exitprof::commands::guest::main(&args),
         Command::BenchReadout(args) => exitprof::commands::bench_readout::main(&args),
         Command::Vm(args) => exitprof::commands::vm::main(&args),

@@ -97,7 +97,7 @@ fn cases(dir: &str) -> Vec<Case> {
         case(
             &[],
             2,
-            "which command? one of stat, record, report, top, guest, vm",
+            "which command? one of stat, record, report, top, serve, guest, vm",
         ),
         case(&["frobnicate"], 2, "unrecognized subcommand 'frobnicate'"),
         case(&["stat", "--bogus"], 2, "unexpected argument '--bogus'"),
@@ -275,6 +275,37 @@ fn cases(dir: &str) -> Vec<Case> {
             &["stat", "--", "no-such-program-anywhere"],
             1,
             "cannot run `no-such-program-anywhere`",
+        ),
+        // exitprof serve.
+        case(
+            &["serve", "--listen", "nowhere"],
+            2,
+            "invalid value 'nowhere'",
+        ),
+        case(
+            &["serve", "--grace", "0s"],
+            2,
+            "the duration must be more than zero",
+        ),
+        case(
+            &["serve", "--max-age", "soon"],
+            2,
+            "\"soon\" is not a duration",
+        ),
+        case(
+            &["serve", "--max-connections", "0"],
+            2,
+            "0 is not in 1..=65535",
+        ),
+        case(
+            &["serve", "--top-keys", "-3"],
+            2,
+            "unexpected argument '-3'",
+        ),
+        case(
+            &["serve", "--listen", "192.0.2.1:9283"],
+            1,
+            "cannot listen on 192.0.2.1:9283: no interface of this machine has that address",
         ),
         // Non-UTF-8 arguments.
         non_utf8,

@@ -7,7 +7,7 @@ use crate::host::tracefs::TracefsError;
 /// Errors of loading and attaching.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// Not running as root.
+    /// Neither root nor `CAP_BPF` with `CAP_PERFMON` (nor `CAP_SYS_ADMIN`).
     #[error("exitprof needs root to load eBPF programs (CAP_BPF, CAP_PERFMON): run it with sudo")]
     NotRoot,
     /// The binary was built without its eBPF object.

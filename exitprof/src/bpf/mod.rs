@@ -27,7 +27,7 @@ use exitprof_common::{
 
 use crate::{
     host::{
-        backend,
+        backend, procfs,
         tracefs::{self, TracefsError},
     },
     model::{Attached, Backend, MirrorScope, ProgramCost, Snapshot},
@@ -102,8 +102,7 @@ impl Profiler {
     /// # Errors
     /// See [`LoadError`]; every variant says what to do.
     pub fn start(options: &Options) -> Result<Self, LoadError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !may_load_bpf() {
             return Err(LoadError::NotRoot);
         }
         if EBPF_OBJECT.is_empty() {
@@ -228,6 +227,27 @@ impl Profiler {
     /// # Errors
     /// When the map refuses the keys.
     pub fn fill_breakdown_for_load_test(&mut self, keys: u32) -> Result<(), LoadError> {
+        self.fill_synthetic((0..keys).map(|i| (4_000_000, i / 30, i % 30)))
+    }
+
+    /// Like [`Self::fill_breakdown_for_load_test`], for VMs: `vcpus` vCPUs
+    /// × 30 reasons for each process of `pids` (the exporter's load test,
+    /// and its series-retirement test on hosts without `kvm_exit`).
+    ///
+    /// # Errors
+    /// When the map refuses the keys.
+    pub fn fill_vms_for_load_test(&mut self, pids: &[u32], vcpus: u32) -> Result<(), LoadError> {
+        self.fill_synthetic(
+            pids.iter()
+                .flat_map(|&pid| (0..vcpus * 30).map(move |i| (pid, i / 30, i % 30))),
+        )
+    }
+
+    /// Inserts a synthetic breakdown key per (pid, vCPU, reason index).
+    fn fill_synthetic(
+        &mut self,
+        keys: impl Iterator<Item = (u32, u32, u32)>,
+    ) -> Result<(), LoadError> {
         use aya::maps::{PerCpuHashMap, PerCpuValues};
         use exitprof_common::{
             maps::{BreakdownKey, BreakdownStats},
@@ -236,10 +256,9 @@ impl Profiler {
         let cpus = maps::possible_cpus("EXIT_BREAKDOWN")?;
         let mut map: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
             map_mut(&mut self.ebpf, "EXIT_BREAKDOWN")?;
-        for i in 0..keys {
-            let (vcpu, r) = (i / 30, i % 30);
+        for (pid, vcpu, r) in keys {
             let key = BreakdownKey {
-                pid: 4_000_000,
+                pid,
                 vcpu,
                 slot: slot(Isa::Svm as u32, 0x60 + r),
                 _pad: 0,
@@ -256,6 +275,29 @@ impl Profiler {
                 .map_err(|e| map_error("EXIT_BREAKDOWN", e))?;
         }
         Ok(())
+    }
+
+    /// Deletes the per-vCPU breakdown entries of processes `pids` (VMs
+    /// that are gone), so that the map does not fill up with the dead on
+    /// a host whose VMs come and go; returns how many were deleted.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn forget_processes(&mut self, pids: &[u32]) -> Result<usize, LoadError> {
+        use aya::maps::PerCpuHashMap;
+        use exitprof_common::maps::{BreakdownKey, BreakdownStats};
+        let mut map: PerCpuHashMap<_, BreakdownKey, BreakdownStats> =
+            map_mut(&mut self.ebpf, "EXIT_BREAKDOWN")?;
+        let doomed: Vec<BreakdownKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| pids.contains(&k.pid))
+            .collect();
+        for key in &doomed {
+            // Already gone is as good as deleted.
+            let _ = map.remove(key);
+        }
+        Ok(doomed.len())
     }
 
     /// Whether userspace round trips are measured (`sys_enter_ioctl`).
@@ -299,6 +341,22 @@ impl Profiler {
         snapshot.fill_rates();
         Ok(snapshot)
     }
+}
+
+/// Whether this process may load and attach tracing programs: root, or
+/// `CAP_BPF` with `CAP_PERFMON` (Linux 5.8 and later), or `CAP_SYS_ADMIN`. A
+/// service can then run without full root (see `packaging/`).
+fn may_load_bpf() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let caps = procfs::effective_capabilities();
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN)
 }
 
 /// Map capacities other than the built-in ones.

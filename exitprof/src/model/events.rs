@@ -45,7 +45,7 @@ pub struct EventSource {
 }
 
 /// One kind of exit-handler event: its table entry.
-pub trait EventKind: Clone + PartialEq + Serialize + DeserializeOwned {
+pub trait EventKind: Clone + Default + PartialEq + Serialize + DeserializeOwned {
     /// The map key (`exitprof-common`).
     type Key: EventKey;
     /// The name in `--json` (`events.<NAME>`) and in the TUI.
@@ -58,6 +58,9 @@ pub trait EventKind: Clone + PartialEq + Serialize + DeserializeOwned {
     fn from_key(key: &Self::Key, count: u64) -> Self;
     /// The first column of its table: the key, for people.
     fn label(&self) -> String;
+    /// The key as metric labels (name, value), in a fixed order: what
+    /// `exitprof serve` exports as `exitprof_<NAME>_events_total{...}`.
+    fn key_labels(&self) -> Vec<(&'static str, String)>;
     /// Events of this key.
     fn count(&self) -> u64;
     /// Sets the events of this key.
@@ -70,9 +73,14 @@ pub trait EventKind: Clone + PartialEq + Serialize + DeserializeOwned {
     fn same_key(&self, other: &Self) -> bool;
 }
 
-/// `read`/`write` for tables.
+/// `read`/`write` for tables and metric labels.
 fn direction(write: bool) -> &'static str {
     if write { "write" } else { "read" }
+}
+
+/// `out`/`in` for port I/O.
+fn pio_direction(write: bool) -> &'static str {
+    if write { "out" } else { "in" }
 }
 
 /// Implements the count and rate accessors of a row with `count` and
@@ -136,6 +144,12 @@ impl EventKind for CpuidRow {
     fn label(&self) -> String {
         format!("{:#010x}/{:#x}", self.leaf, self.subleaf.unwrap_or(0))
     }
+    fn key_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("leaf", format!("{:#010x}", self.leaf)),
+            ("subleaf", format!("{:#x}", self.subleaf.unwrap_or(0))),
+        ]
+    }
     count_field!();
     fn same_key(&self, o: &Self) -> bool {
         (self.leaf, self.subleaf) == (o.leaf, o.subleaf)
@@ -185,8 +199,19 @@ impl EventKind for PioRow {
         }
     }
     fn label(&self) -> String {
-        let dir = if self.write { "out" } else { "in" };
-        format!("{:#06x} {dir} {}B", self.port, self.size)
+        format!(
+            "{:#06x} {} {}B",
+            self.port,
+            pio_direction(self.write),
+            self.size
+        )
+    }
+    fn key_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("port", format!("{:#06x}", self.port)),
+            ("direction", pio_direction(self.write).to_owned()),
+            ("size", self.size.to_string()),
+        ]
     }
     count_field!();
     fn same_key(&self, o: &Self) -> bool {
@@ -232,6 +257,12 @@ impl EventKind for MmioRow {
     fn label(&self) -> String {
         format!("{:#014x} {}", self.gpa, direction(self.write))
     }
+    fn key_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("gpa", format!("{:#014x}", self.gpa)),
+            ("direction", direction(self.write).to_owned()),
+        ]
+    }
     count_field!();
     fn same_key(&self, o: &Self) -> bool {
         (self.gpa, self.write) == (o.gpa, o.write)
@@ -276,6 +307,12 @@ impl EventKind for MsrRow {
     fn label(&self) -> String {
         format!("{:#010x} {}", self.index, direction(self.write))
     }
+    fn key_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("msr", format!("{:#010x}", self.index)),
+            ("direction", direction(self.write).to_owned()),
+        ]
+    }
     count_field!();
     fn same_key(&self, o: &Self) -> bool {
         (self.index, self.write) == (o.index, o.write)
@@ -316,6 +353,9 @@ impl EventKind for HypercallRow {
     }
     fn label(&self) -> String {
         format!("{:#x}", self.nr)
+    }
+    fn key_labels(&self) -> Vec<(&'static str, String)> {
+        vec![("nr", format!("{:#x}", self.nr))]
     }
     count_field!();
     fn same_key(&self, o: &Self) -> bool {
@@ -549,6 +589,62 @@ mod tests {
         );
         assert_eq!(msr.label(), "0x0000008b write");
         assert_eq!(HypercallRow::from_key(&0x283, 1).label(), "0x283");
+    }
+
+    #[test]
+    fn key_labels_name_every_part_of_the_key() {
+        let cpuid = CpuidRow {
+            leaf: 7,
+            subleaf: Some(1),
+            count: 3,
+            ..CpuidRow::default()
+        };
+        assert_eq!(
+            cpuid.key_labels(),
+            [("leaf", "0x00000007".into()), ("subleaf", "0x1".into())]
+        );
+        let pio = PioRow {
+            port: 0xe9,
+            write: false,
+            size: 1,
+            count: 1,
+            ..PioRow::default()
+        };
+        assert_eq!(
+            pio.key_labels(),
+            [
+                ("port", "0x00e9".into()),
+                ("direction", "in".into()),
+                ("size", "1".into())
+            ]
+        );
+        let mmio = MmioRow {
+            gpa: 0xd000_0000,
+            write: true,
+            count: 1,
+            ..MmioRow::default()
+        };
+        assert_eq!(
+            mmio.key_labels(),
+            [
+                ("gpa", "0x0000d0000000".into()),
+                ("direction", "write".into())
+            ]
+        );
+        let msr = MsrRow {
+            index: 0x8b,
+            write: false,
+            count: 1,
+            ..MsrRow::default()
+        };
+        assert_eq!(
+            msr.key_labels(),
+            [("msr", "0x0000008b".into()), ("direction", "read".into())]
+        );
+        assert_eq!(
+            HypercallRow::from_key(&0x283, 1).key_labels(),
+            [("nr", "0x283".into())]
+        );
     }
 
     #[test]

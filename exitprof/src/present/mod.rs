@@ -1,9 +1,10 @@
 //! Presenters: turn a [`crate::model::Snapshot`] (or a recording, or a
-//! guest report) into text for people. They never touch maps and do no
-//! I/O.
+//! guest report) into text for people, or for Prometheus (`metrics/`).
+//! They never touch maps and do no I/O.
 pub mod chart;
 pub mod events;
 pub mod guest;
+pub mod metrics;
 pub mod report;
 pub mod table;
 

@@ -12,18 +12,21 @@
 //!   `kvm_exit`/`kvm_entry` in both modes and bpftrace's, and the slowdown
 //!   of a CPUID storm and an I/O storm under every tracer, one boot each;
 //! - readout: one snapshot with 10, 1 000 and 10 000 keys;
-//! - TUI: CPU share and RSS of `exitprof top` with 64 vCPUs x 30 reasons.
-use std::{fs, path::Path, process::Command};
+//! - TUI: CPU share and RSS of `exitprof top` with 64 vCPUs x 30 reasons;
+//! - exporter: `exitprof serve` with 64 VMs x 4 vCPUs x 30 reasons of
+//!   keys: time and CPU per scrape, idle CPU, RSS, bytes per scrape.
+use std::{fs, process::Command};
 
 use anyhow::Context as _;
 
+mod exporter;
 mod host;
 mod nested;
 mod report;
 mod tools;
 mod types;
 
-use types::{FULL, Report, SMOKE, Sizes};
+use types::{FULL, Report, SMOKE};
 
 use crate::{
     sandbox::Vendor,
@@ -36,10 +39,11 @@ pub struct BenchArgs {
     /// Small counts and one repetition: checks that the bench works.
     #[arg(long)]
     pub smoke: bool,
-    /// Only this sandbox's part (svm or vmx), nothing on the host; writes
-    /// bench-<svm|vmx>.json.
-    #[arg(long, value_enum)]
-    pub sandbox: Option<Vendor>,
+    /// Only this part: host, readout, tui, exporter, sandbox (the SVM
+    /// sandbox) or vmx (the VMX sandbox); the report then holds that
+    /// part's figures and targets only.
+    #[arg(long, value_parser = ["host", "readout", "tui", "exporter", "sandbox", "vmx"])]
+    pub only: Option<String>,
 }
 
 /// `cargo xtask bench`.
@@ -49,62 +53,65 @@ pub struct BenchArgs {
 /// target is a FAIL line, not an error.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.smoke { SMOKE } else { FULL };
+    let wanted = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
     let exitprof = build_release()?;
     let mut report = Report {
         smoke: args.smoke,
         ..Report::default()
     };
-    if let Some(vendor) = args.sandbox {
-        let nested = match vendor {
-            Vendor::Svm => &sizes.svm,
-            Vendor::Vmx => &sizes.vmx,
-        };
-        println!("[bench] {vendor} sandbox only");
-        nested::sandbox_bench(&exitprof, vendor, nested, &mut report)?;
-    } else {
-        everything(&exitprof, &sizes, &mut report)?;
+    if wanted("host") {
+        println!("[bench] host: per-event cost and CPUID-storm slowdown");
+        host::host(&exitprof, &sizes, &mut report)?;
+    }
+    if wanted("readout") {
+        println!("[bench] readout");
+        for keys in [10, 1_000, 10_000] {
+            let out = tools::command_output(Command::new(&exitprof).args([
+                "bench-readout",
+                "--keys",
+                &keys.to_string(),
+                "--repeat",
+                &sizes.readout_repeat.to_string(),
+            ]))?;
+            report
+                .readout
+                .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
+        }
+    }
+    if wanted("tui") {
+        println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
+        report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
+    }
+    if wanted("exporter") {
+        println!("[bench] exitprof serve, 64 VMs x 4 vCPUs x 30 reasons");
+        report.exporter = Some(exporter::exporter(
+            &exitprof,
+            sizes.exporter_scrapes,
+            sizes.exporter_idle_s,
+        )?);
+    }
+    if wanted("sandbox") {
+        println!("[bench] SVM sandbox (one boot of QEMU TCG)");
+        nested::sandbox_bench(&exitprof, Vendor::Svm, &sizes.svm, &mut report)?;
+    }
+    if wanted("vmx") {
+        println!("[bench] VMX sandbox (one boot of Bochs)");
+        nested::sandbox_bench(&exitprof, Vendor::Vmx, &sizes.vmx, &mut report)?;
     }
     report::targets(&mut report);
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
-    let name = match (args.sandbox, args.smoke) {
-        (Some(vendor), true) => format!("bench-{vendor}-smoke.json"),
-        (Some(vendor), false) => format!("bench-{vendor}.json"),
+    let path = dir.join(match (&args.only, args.smoke) {
+        (Some(part), true) => format!("bench-smoke-{part}.json"),
+        (Some(part), false) => format!("bench-{part}.json"),
         (None, true) => "bench-smoke.json".to_owned(),
         (None, false) => "bench.json".to_owned(),
-    };
-    let path = dir.join(name);
+    });
     fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     print!("{}", report::render(&report));
     println!("[bench] wrote {}", path.display());
-    if args.smoke && args.sandbox.is_none() {
+    if args.smoke && args.only.is_none() {
         report::check_smoke(&report)?;
     }
-    Ok(())
-}
-
-/// Every part: the host, the readout, the TUI, both sandboxes.
-fn everything(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
-    println!("[bench] host: per-event cost and CPUID-storm slowdown");
-    host::host(exitprof, sizes, report)?;
-    println!("[bench] readout");
-    for keys in [10, 1_000, 10_000] {
-        let out = tools::command_output(Command::new(exitprof).args([
-            "bench-readout",
-            "--keys",
-            &keys.to_string(),
-            "--repeat",
-            &sizes.readout_repeat.to_string(),
-        ]))?;
-        report
-            .readout
-            .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
-    }
-    println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
-    report.tui = Some(host::tui(exitprof, sizes.tui_seconds)?);
-    println!("[bench] SVM sandbox (one boot of QEMU TCG)");
-    nested::sandbox_bench(exitprof, Vendor::Svm, &sizes.svm, report)?;
-    println!("[bench] VMX sandbox (one boot of Bochs)");
-    nested::sandbox_bench(exitprof, Vendor::Vmx, &sizes.vmx, report)?;
     Ok(())
 }

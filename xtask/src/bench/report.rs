@@ -96,6 +96,33 @@ pub(super) fn targets(r: &mut Report) {
             30.0,
         );
     }
+    exporter_targets(r);
+}
+
+/// The exporter's targets, per configuration.
+fn exporter_targets(r: &mut Report) {
+    if let Some(exporter) = r.exporter.clone() {
+        for config in exporter["configs"].as_array().into_iter().flatten() {
+            let what = if config["by_vcpu"] == true {
+                "per VM and vCPU"
+            } else {
+                "per VM"
+            };
+            let get = |k: &str| config[k].as_f64().unwrap_or(f64::NAN);
+            r.target(
+                &format!("exporter, 64 VMs x 4 vCPUs x 30 reasons, {what}: scrape ms (median)"),
+                get("scrape_ms_median"),
+                50.0,
+            );
+            r.target(
+                &format!(
+                    "exporter, 64 VMs x 4 vCPUs x 30 reasons, {what}: % of a core at a 15 s scrape"
+                ),
+                get("cpu_percent_at_15s"),
+                1.0,
+            );
+        }
+    }
 }
 
 /// One exit's cost (`kvm_exit` + `kvm_entry` programs, ns per run) under
@@ -107,6 +134,27 @@ fn per_exit_costs(costs: &[ProgramCost]) -> Option<[f64; 3]> {
         Report::cost(costs, "exitprof-classic", &["kvm_exit", "kvm_entry"])?,
         Report::cost(costs, "bpftrace", &["kvm_exit", "kvm_entry"])?,
     ])
+}
+
+/// Each sandbox's per-exit cost, as ratios to bpftrace's.
+fn render_per_exit(out: &mut String, r: &Report) {
+    let _ = writeln!(
+        out,
+        "PER-EXIT COST (kvm_exit + kvm_entry programs), RATIO TO BPFTRACE'S"
+    );
+    for (scope, costs) in [
+        ("sandbox (TCG)", &r.sandbox_cost),
+        ("vmx (Bochs)", &r.vmx_cost),
+    ] {
+        if let Some([raw, classic, bpftrace]) = per_exit_costs(costs) {
+            let _ = writeln!(
+                out,
+                "  {scope:<14} exitprof-raw x{:.3}  exitprof-classic x{:.3}  bpftrace x1 ({bpftrace:.1} ns)",
+                raw / bpftrace,
+                classic / bpftrace
+            );
+        }
+    }
 }
 
 /// The short table.
@@ -143,23 +191,7 @@ pub(super) fn render(r: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "PER-EXIT COST (kvm_exit + kvm_entry programs), RATIO TO BPFTRACE'S"
-    );
-    for (scope, costs) in [
-        ("sandbox (TCG)", &r.sandbox_cost),
-        ("vmx (Bochs)", &r.vmx_cost),
-    ] {
-        if let Some([raw, classic, bpftrace]) = per_exit_costs(costs) {
-            let _ = writeln!(
-                out,
-                "  {scope:<14} exitprof-raw x{:.3}  exitprof-classic x{:.3}  bpftrace x1 ({bpftrace:.1} ns)",
-                raw / bpftrace,
-                classic / bpftrace
-            );
-        }
-    }
+    render_per_exit(&mut out, r);
     let _ = writeln!(out, "READOUT");
     for v in &r.readout {
         let _ = writeln!(
@@ -176,6 +208,40 @@ pub(super) fn render(r: &Report) -> String {
             t["cpu_percent"].as_f64().unwrap_or(f64::NAN),
             t["rss_mb"].as_f64().unwrap_or(f64::NAN)
         );
+    }
+    if let Some(e) = &r.exporter {
+        let _ = writeln!(
+            out,
+            "EXPORTER (exitprof serve, 64 VMs x 4 vCPUs x 30 reasons of keys)"
+        );
+        for c in e["configs"].as_array().into_iter().flatten() {
+            let get = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+            let what = if c["by_vcpu"] == true {
+                "per VM and vCPU"
+            } else {
+                "per VM"
+            };
+            let _ = writeln!(
+                out,
+                "  {what:<16} {:>6} series: scrape {:.1} ms (max {:.1}; {:.1} ms in exitprof), {:.2} ms CPU per scrape, idle {:.3}%, {:.3}% of a core at 15 s",
+                c["series"],
+                get("scrape_ms_median"),
+                get("scrape_ms_max"),
+                get("server_ms_per_scrape"),
+                get("cpu_ms_per_scrape"),
+                get("idle_cpu_percent"),
+                get("cpu_percent_at_15s"),
+            );
+            let _ = writeln!(
+                out,
+                "  {:<16} RSS {:.1} MB (peak {:.1}), {} bytes per scrape (OpenMetrics), {} (text)",
+                "",
+                get("rss_mb"),
+                get("peak_rss_mb"),
+                c["bytes_openmetrics"],
+                c["bytes_text"],
+            );
+        }
     }
     if r.smoke {
         let _ = writeln!(out, "TARGETS (smoke run: counts too small to judge them)");
@@ -253,6 +319,22 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
     ensure!(
         r.readout.len() == 3 && r.tui.is_some(),
         "smoke: readout or tui missing"
+    );
+    let exporter_configs = r
+        .exporter
+        .as_ref()
+        .and_then(|e| e["configs"].as_array())
+        .map_or(0, |c| {
+            c.iter()
+                .filter(|c| {
+                    c["series"].as_u64().unwrap_or(0) >= 64 * 30
+                        && c["bytes_text"].as_u64().unwrap_or(0) > 0
+                })
+                .count()
+        });
+    ensure!(
+        exporter_configs == 2,
+        "smoke: the exporter was not measured in both configurations"
     );
     ensure!(
         r.targets.len() >= 10,

@@ -13,6 +13,10 @@ pub(super) struct Sizes {
     pub(super) vmx: Nested,
     pub(super) readout_repeat: u32,
     pub(super) tui_seconds: u64,
+    /// Scrapes of the exporter measured, per configuration.
+    pub(super) exporter_scrapes: usize,
+    /// Seconds the exporter is watched idle.
+    pub(super) exporter_idle_s: u64,
 }
 
 /// The workloads of one nested sandbox.
@@ -42,6 +46,8 @@ pub(super) const FULL: Sizes = Sizes {
     },
     readout_repeat: 20,
     tui_seconds: 60,
+    exporter_scrapes: 30,
+    exporter_idle_s: 15,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
@@ -61,6 +67,8 @@ pub(super) const SMOKE: Sizes = Sizes {
     },
     readout_repeat: 3,
     tui_seconds: 5,
+    exporter_scrapes: 3,
+    exporter_idle_s: 2,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
@@ -118,6 +126,7 @@ pub(super) struct Report {
     pub(super) vmx_slowdown: Vec<Slowdown>,
     pub(super) readout: Vec<Value>,
     pub(super) tui: Option<Value>,
+    pub(super) exporter: Option<Value>,
     pub(super) targets: Vec<Target>,
 }
 

@@ -22,6 +22,7 @@ const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "insmod", "rmmod", "cat", "echo", "grep", "sed", "sort", "uniq",
     "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut", "awk",
     "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe", "modinfo", "cp", "mv",
+    "ifconfig", "wget",
 ];
 
 /// What happens to the modules' appended signatures.
@@ -81,7 +82,10 @@ fn read_module(from: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Copies `binary` and the shared libraries `ldd` lists (with the loader)
 /// into `root`, keeping their paths.
-fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
+///
+/// # Errors
+/// When a file cannot be copied.
+pub fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> {
     let target = root.join(dest.trim_start_matches('/'));
     fs::create_dir_all(target.parent().expect("dest has a parent"))?;
     fs::copy(binary, &target).with_context(|| format!("copying {}", binary.display()))?;

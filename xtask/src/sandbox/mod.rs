@@ -26,6 +26,7 @@ mod results;
 mod scenario;
 
 pub use debian::{Kernel, KernelLine, fetch_kernel, fetch_kernel_line};
+pub use initramfs::add_binary;
 pub use results::{Results, sections};
 pub use scenario::{Scenario, Vendor, sandbox_dir};
 
@@ -101,5 +102,17 @@ fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result
         vendor.module(),
         results.log.display()
     );
+    if results.get("exit").is_err() {
+        // QEMU exits 0 on SIGTERM too: a sandbox that ended before its
+        // script did was stopped from outside (or its kernel died).
+        return Err(scenario::Stalled(format!(
+            "{}: the sandbox ended before its script finished ({} stopped from outside, or a kernel panic); serial log {}:\n{}",
+            scenario.name,
+            vendor.emulator(),
+            results.log.display(),
+            scenario::tail(&results.log)
+        ))
+        .into());
+    }
     Ok(results)
 }

@@ -10,6 +10,10 @@ use crate::sandbox::{Results, Vendor};
 /// Counts of `name count` pairs, for comparisons.
 pub type Counts = BTreeMap<String, u64>;
 
+/// The SVM exit codes of CPUID and port I/O (the sandbox is AMD).
+pub const SVM_CPUID: u32 = 0x72;
+pub const SVM_IOIO: u32 = 0x7b;
+
 /// CPUIDs of the vmexit scenario's workload.
 pub const CPUIDS: u64 = 5000;
 
@@ -123,7 +127,7 @@ pub struct Expect {
 pub const fn expect(vendor: Vendor) -> Expect {
     match vendor {
         Vendor::Svm => Expect {
-            cpuid: (0x72, "cpuid"),
+            cpuid: (SVM_CPUID, "cpuid"),
             nested_fault: "npf",
             shadow: &[("write_cr3", 200), ("invlpg", 200), ("read_cr3", 200)],
             shadow_fault: "PF excp",
@@ -157,11 +161,13 @@ pub fn exit_counts(snapshot: &Value) -> Counts {
         .collect()
 }
 
+/// The JSON exitprof printed under `key` (a snapshot, a recording, a
+/// report).
 pub fn snapshot(results: &Results, key: &str) -> anyhow::Result<Value> {
     let text = results.get(key)?;
     serde_json::from_str(text).with_context(|| {
         format!(
-            "exitprof printed no JSON snapshot ({text:?}); its stderr: {:?}",
+            "{key}: exitprof printed no JSON ({text:?}); its stderr: {:?}",
             results.all("stderr")
         )
     })

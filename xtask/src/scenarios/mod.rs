@@ -12,6 +12,7 @@ mod qemu_guest;
 mod record;
 mod reload;
 mod selftest;
+mod serve;
 mod vmexit;
 mod vmx;
 

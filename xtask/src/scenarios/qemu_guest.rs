@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::common::snapshot;
 use crate::{
-    sandbox::{Kernel, Scenario, Vendor, run_scenario, sandbox_dir},
+    sandbox::{Kernel, Scenario, Vendor, add_binary, run_scenario, sandbox_dir},
     util::{download_deb, run},
 };
 
@@ -79,25 +79,35 @@ fn system_map(kernel: &Kernel) -> anyhow::Result<PathBuf> {
     Ok(map)
 }
 
-/// The L2 guest's initramfs: busybox, and an init that says it booted
-/// and powers off.
-fn l2_initramfs() -> anyhow::Result<PathBuf> {
-    let root = sandbox_dir().join("l2-initramfs");
+/// An L2 guest's initramfs `name`: busybox, the `binaries` (host path,
+/// path in the guest; with their libraries), and `init` as `/init` (with
+/// `PATH=/bin`, `/dev`, `/proc` and `/sys` mounted before it).
+pub(super) fn l2_initramfs(
+    name: &str,
+    init: &str,
+    binaries: &[(&Path, &str)],
+) -> anyhow::Result<PathBuf> {
+    let root = sandbox_dir().join(name);
     let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "dev", "proc"] {
+    for dir in ["bin", "dev", "proc", "sys", "tmp"] {
         fs::create_dir_all(root.join(dir))?;
     }
     fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
-    for applet in ["sh", "mount", "echo", "poweroff"] {
+    for applet in ["sh", "mount", "echo", "poweroff", "sleep", "cat"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
-    let init = root.join("init");
+    for (from, to) in binaries {
+        add_binary(&root, from, to)?;
+    }
+    let script = root.join("init");
     fs::write(
-        &init,
-        "#!/bin/sh\nexport PATH=/bin\nmount -t devtmpfs dev /dev\necho L2-BOOTED > /dev/ttyS0\npoweroff -f\n",
+        &script,
+        format!(
+            "#!/bin/sh\nexport PATH=/bin\nmount -t devtmpfs dev /dev\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n{init}\npoweroff -f\n"
+        ),
     )?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-    let image = sandbox_dir().join("l2-initramfs.gz");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    let image = sandbox_dir().join(format!("{name}.gz"));
     run(Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -108,36 +118,56 @@ fn l2_initramfs() -> anyhow::Result<PathBuf> {
     Ok(image)
 }
 
+/// What a sandbox needs to boot an L2 guest with QEMU (host path, path in
+/// the sandbox): QEMU, its firmware under `/l2/fw`, the kernel as
+/// `/l2/vmlinuz` and `initrd` as `/l2/initrd.gz`.
+pub(super) fn qemu_files(kernel: &Kernel, initrd: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = vec![
+        (
+            "/usr/bin/qemu-system-x86_64".to_owned(),
+            "/bin/qemu-system-x86_64".to_owned(),
+        ),
+        (
+            path_str(&kernel.vmlinuz)?.to_owned(),
+            "/l2/vmlinuz".to_owned(),
+        ),
+        (path_str(initrd)?.to_owned(), "/l2/initrd.gz".to_owned()),
+    ];
+    files.extend(
+        FIRMWARE
+            .iter()
+            .map(|(from, name)| ((*from).to_owned(), format!("/l2/fw/{name}"))),
+    );
+    Ok(files)
+}
+
+/// The QEMU command line that boots the L2 guest `name` (1 vCPU, 256 MB)
+/// with its serial console in `serial`.
+pub(super) fn qemu_command(name: &str, serial: &str) -> String {
+    format!(
+        "qemu-system-x86_64 -name guest={name},debug-threads=on -enable-kvm -cpu qemu64 -m 256 \\\n  -nodefaults -display none -no-reboot -serial file:{serial} -L /l2/fw \\\n  -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append \"console=ttyS0 nokaslr panic=-1 loglevel=4\""
+    )
+}
+
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// Runs the scenario.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one boot: its script, then its assertions, read top to bottom"
-)]
 pub(super) fn qemu_guest_sites(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
     let map = system_map(kernel)?;
-    let initrd = l2_initramfs()?;
-    let mut extra = vec![
-        ("/usr/bin/qemu-system-x86_64", "/bin/qemu-system-x86_64"),
-        (path_str(&kernel.vmlinuz)?, "/l2/vmlinuz"),
-        (path_str(&initrd)?, "/l2/initrd.gz"),
-        (path_str(&map)?, "/l2/System.map"),
-    ];
-    let firmware: Vec<(&str, String)> = FIRMWARE
+    let initrd = l2_initramfs("l2-initramfs", "echo L2-BOOTED > /dev/ttyS0", &[])?;
+    let mut extra = qemu_files(kernel, &initrd)?;
+    extra.push((path_str(&map)?.to_owned(), "/l2/System.map".to_owned()));
+    let extra: Vec<(&str, &str)> = extra
         .iter()
-        .map(|(from, name)| (*from, format!("/l2/fw/{name}")))
+        .map(|(f, t)| (f.as_str(), t.as_str()))
         .collect();
-    extra.extend(firmware.iter().map(|(from, to)| (*from, to.as_str())));
     let script = format!(
         r#"
 cat > /tmp/qemu.sh <<'EOF'
-exec qemu-system-x86_64 -name guest={NAME},debug-threads=on -enable-kvm -cpu qemu64 -m 256 \
-  -nodefaults -display none -no-reboot -serial file:/tmp/l2.serial -L /l2/fw \
-  -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "console=ttyS0 nokaslr panic=-1 loglevel=4"
+exec {qemu}
 EOF
 timeout 300 exitprof top --json -d 2s > /tmp/top.json 2> /tmp/top.err &
 TOP=$!
@@ -161,7 +191,8 @@ while IFS= read -r l; do echo "@@EXITPROF once $l"; done < /tmp/once.out
 while read -r l; do echo "@@EXITPROF serial $l"; done < /tmp/l2.serial
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 while read -r l; do echo "@@EXITPROF top_stderr $l"; done < /tmp/top.err
-"#
+"#,
+        qemu = qemu_command(NAME, "/tmp/l2.serial"),
     );
     let results = run_scenario(
         kernel,

@@ -1,7 +1,8 @@
 //! The `vmexit-ground-truth` scenario: exitprof's per-reason counts
 //! against ftrace's own `kvm_exit` records, in raw and in classic mode,
 //! and the exit sites (`--sites`) of the workload's CPUID loop: one guest
-//! RIP with exactly the workload's count, the same in both modes.
+//! RIP with exactly the workload's count, the same in both modes; and, on
+//! SVM, `exitprof serve`'s per-VM counts against ftrace too (`serve.rs`).
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
@@ -64,7 +65,7 @@ while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
 {classic_ftrace}timeout 120 exitprof stat --sites -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
-"#,
+{serve}"#,
         module = vendor.module(),
         param = vendor.paging_param(),
         raw_sites = if expect(vendor).raw_sites {
@@ -74,6 +75,12 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         },
         ftrace = ftrace_counts_script("", By::Vcpu),
         classic_ftrace = ftrace_counts_script("classic_", By::Vcpu),
+        // exitprof serve against ftrace, on SVM (its boot is quick).
+        serve = if vendor == Vendor::Svm {
+            super::serve::script()
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -244,6 +251,9 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         table_sites.len() == 1 && table_sites[0].1 == 1000,
         "stat --sites prints {table_sites:?} under {heading}, not one site with 1000"
     );
+    if vendor == Vendor::Svm {
+        super::serve::check(results)?;
+    }
     println!(
         "[e2e] exit sites: the CPUID loop is one site, {classic_rip:#x}, with exactly {CPUIDS} exits ({modes}), and 1000 in the text table"
     );

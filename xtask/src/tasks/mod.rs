@@ -3,7 +3,11 @@
 pub mod fuzz;
 pub mod setup;
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
@@ -108,12 +112,13 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When any test fails.
 pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
+    let mut tally = Tally::new();
     setup()?;
     // Style first: a lint failure fails in seconds, not after the sandbox.
     lint()?;
     let root = workspace_root();
     build_release()?;
-    let mut tally = Tally::default();
+    tally.lap("setup, lint, release build");
     // Root tests share kernel state (attached programs, tracefs): one at a
     // time.
     println!("[test] cargo test (unit and integration tests, one thread)");
@@ -149,7 +154,7 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             "bench smoke run",
             crate::bench::bench(&crate::bench::BenchArgs {
                 smoke: true,
-                sandbox: None,
+                only: None,
             }),
         );
     }
@@ -207,18 +212,41 @@ pub fn lint() -> anyhow::Result<()> {
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS: u64 = 20;
 
-/// Passed and failed tests over the stages of `cargo xtask test`, and the
-/// first error of each failed stage.
-#[derive(Default)]
+/// Passed and failed tests over the stages of `cargo xtask test`, the
+/// first error of each failed stage, and how long each stage took (the
+/// whole must stay under 30 minutes on a fresh machine).
 struct Tally {
     passed: u64,
     failed: u64,
     errors: Vec<anyhow::Error>,
+    start: Instant,
+    lap_start: Instant,
+    laps: Vec<(String, Duration)>,
 }
 
 impl Tally {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            passed: 0,
+            failed: 0,
+            errors: Vec::new(),
+            start: now,
+            lap_start: now,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the current stage: its time is what passed since the last lap.
+    fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        self.laps.push((stage.to_owned(), now - self.lap_start));
+        self.lap_start = now;
+    }
+
     /// A stage that reports (passed, failed) counts.
     fn count(&mut self, stage: &str, result: anyhow::Result<(u64, u64)>) {
+        self.lap(stage);
         match result {
             Ok((passed, failed)) => {
                 self.passed += passed;
@@ -249,6 +277,13 @@ impl Tally {
 
     /// Prints the summary line; the first failure is the error.
     fn finish(self) -> anyhow::Result<()> {
+        for (stage, took) in &self.laps {
+            println!("[test] {:>7.1} s  {stage}", took.as_secs_f64());
+        }
+        println!(
+            "[test] {:>7.1} s  in all",
+            self.start.elapsed().as_secs_f64()
+        );
         println!("{} passed, {} failed", self.passed, self.failed);
         for e in self.errors.iter().skip(1) {
             println!("[test] also: {e:#}");

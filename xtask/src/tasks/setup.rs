@@ -60,6 +60,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "linux-perf",
         "cargo xtask bench compares exitprof with perf kvm stat record",
     ),
+    (
+        "prometheus",
+        "the exporter's tests scrape exitprof serve with a real Prometheus and run promtool",
+    ),
+    (
+        "systemd",
+        "the exporter's test verifies packaging/exitprof-serve.service with systemd-analyze",
+    ),
 ];
 
 /// cargo-fuzz version of `cargo xtask fuzz`.
