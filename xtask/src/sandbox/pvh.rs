@@ -65,22 +65,29 @@ pub fn vmlinux_of(bzimage: &[u8]) -> anyhow::Result<Vec<u8>> {
         payload.starts_with(b"\xfd7zXZ\0"),
         "the kernel's payload is not XZ-compressed (CONFIG_KERNEL_XZ)"
     );
+    // The payload ends with the uncompressed size (xzkern_with_size),
+    // which is no XZ: xz is given the stream without it.
+    let (stream, size) = payload.split_at(payload.len() - 4);
+    let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
     let mut xz = Command::new("xz")
         .args(["-dc"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("failed to run xz (xz-utils)")?;
     let mut stdin = xz.stdin.take().expect("piped");
-    let payload = payload.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&payload));
+    let stream = stream.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&stream));
     let mut out = Vec::new();
     xz.stdout.take().expect("piped").read_to_end(&mut out)?;
-    // xz stops at the end of its stream: the payload's trailing size word
-    // is not XZ, which it may report.
     let _ = writer.join();
-    let _ = xz.wait();
-    ensure!(out.starts_with(b"\x7fELF"), "xz did not give an ELF kernel");
+    let status = xz.wait()?;
+    ensure!(
+        status.success() && out.starts_with(b"\x7fELF") && out.len() == size,
+        "xz ({status}) gave {} bytes, not the {size} byte ELF kernel the bzImage announces",
+        out.len()
+    );
     Ok(out)
 }
 
