@@ -41,7 +41,9 @@ pub fn boot(
     .arg(&kernel.vmlinuz)
     .arg("-initrd")
     .arg(&initramfs)
-    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+    // nokaslr: the sandbox's /proc/kallsyms is then also the symbol map of
+    // an L2 guest booting the same kernel with nokaslr (qemu-guest-sites).
+    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr"])
     .args(["-display", "none", "-monitor", "none", "-no-reboot"])
     .arg("-serial")
     .arg(format!("file:{}", log.display()));

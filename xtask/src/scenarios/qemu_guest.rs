@@ -13,9 +13,10 @@
 //! - `top --once` during the boot: the text shows the VM by its name.
 //!
 //! Debian's `linux-image` package ships a placeholder `/boot/System.map`
-//! ("The real System.map is in the linux-image-<version>-dbg package"),
-//! so the real one is taken from the `-dbg` package (858 MB for
-//! 6.1.0-56; downloaded once and cached, the one file extracted).
+//! ("The real System.map is in the linux-image-<version>-dbg package",
+//! 858 MB for 6.1.0-56). The sandbox runs the same kernel with `nokaslr`,
+//! so its own `/proc/kallsyms` (without module symbols) is that map: the
+//! scenario writes it to a file and hands it to `--guest-symbols`.
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -30,13 +31,16 @@ use serde_json::Value;
 use super::common::snapshot;
 use crate::{
     sandbox::{Kernel, Scenario, Vendor, add_binary, run_scenario, sandbox_dir},
-    util::{download_deb, run},
+    util::run,
 };
 
 /// The L2 guest's name, as its QEMU command line gives it.
 const NAME: &str = "l2web";
 /// The guest's kernel addresses start here (x86-64 kernel text).
 const KERNEL_TEXT: u64 = 0xffff_ffff_8000_0000;
+/// `_stext` without KASLR: `__START_KERNEL_map` plus Debian's
+/// `CONFIG_PHYSICAL_START` (16 MB).
+const STEXT: u64 = 0xffff_ffff_8100_0000;
 /// Sites of the boot that are checked (by count).
 const TOP: usize = 10;
 
@@ -46,38 +50,6 @@ const FIRMWARE: &[(&str, &str)] = &[
     ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
     ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
 ];
-
-/// The real System.map of `kernel`, from its `-dbg` package (cached).
-fn system_map(kernel: &Kernel) -> anyhow::Result<PathBuf> {
-    let dir = sandbox_dir().join(format!("dbg-{}", kernel.package_version));
-    let map = dir.join(format!("usr/lib/debug/boot/System.map-{}", kernel.release));
-    if map.exists() {
-        return Ok(map);
-    }
-    let deb = download_deb(
-        &sandbox_dir().join("debs"),
-        &format!("linux-image-{}-dbg", kernel.release),
-        &kernel.package_version,
-    )?;
-    fs::create_dir_all(&dir)?;
-    // The map is near the start of a 5.6 GB archive: stop at it.
-    let member = format!("./usr/lib/debug/boot/System.map-{}", kernel.release);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dpkg-deb --fsys-tarfile {} 2>/dev/null | tar -x --occurrence=1 -C {} {member}",
-            deb.display(),
-            dir.display()
-        ))
-        .status()
-        .context("failed to run dpkg-deb | tar")?;
-    ensure!(
-        map.exists(),
-        "no {member} in {} (tar: {status})",
-        deb.display()
-    );
-    Ok(map)
-}
 
 /// An L2 guest's initramfs `name`: busybox, the `binaries` (host path,
 /// path in the guest; with their libraries), and `init` as `/init` (with
@@ -156,10 +128,8 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
 
 /// Runs the scenario.
 pub(super) fn qemu_guest_sites(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let map = system_map(kernel)?;
     let initrd = l2_initramfs("l2-initramfs", "echo L2-BOOTED > /dev/ttyS0", &[])?;
-    let mut extra = qemu_files(kernel, &initrd)?;
-    extra.push((path_str(&map)?.to_owned(), "/l2/System.map".to_owned()));
+    let extra = qemu_files(kernel, &initrd)?;
     let extra: Vec<(&str, &str)> = extra
         .iter()
         .map(|(f, t)| (f.as_str(), t.as_str()))
@@ -169,6 +139,8 @@ pub(super) fn qemu_guest_sites(kernel: &Kernel, exitprof: &Path) -> anyhow::Resu
 cat > /tmp/qemu.sh <<'EOF'
 exec {qemu}
 EOF
+grep -v '\[' /proc/kallsyms > /l2/System.map
+echo "@@EXITPROF map $(grep -c . /l2/System.map) $(grep ' T _stext$' /l2/System.map)"
 timeout 300 exitprof top --json -d 2s > /tmp/top.json 2> /tmp/top.err &
 TOP=$!
 sleep 2
@@ -208,6 +180,7 @@ while read -r l; do echo "@@EXITPROF top_stderr $l"; done < /tmp/top.err
             cpus: 2,
         },
     )?;
+    check_map(results.get("map")?)?;
     let serial = results.all("serial");
     ensure!(
         results.get("stat_rc")? == "0",
@@ -253,6 +226,19 @@ while read -r l; do echo "@@EXITPROF top_stderr $l"; done < /tmp/top.err
     println!(
         "[e2e] qemu-guest-sites: PASS (L2 Linux guest shown as {NAME}; its top exit sites named from the System.map; every top snapshot's reasons equal its per-vCPU rows)"
     );
+    Ok(())
+}
+
+/// The sandbox's `/proc/kallsyms` as a System.map (`map` is its line
+/// count and its `_stext` line): the kernel's text starts at its link
+/// address when KASLR is off, and kallsyms shows it only when addresses
+/// are not hidden.
+fn check_map(map: &str) -> anyhow::Result<()> {
+    ensure!(
+        map.ends_with(&format!("{STEXT:x} T _stext")),
+        "the sandbox's /proc/kallsyms is no System.map of a nokaslr boot: {map:?}"
+    );
+    println!("[e2e] the System.map from the sandbox's /proc/kallsyms: {map} (symbols, _stext)");
     Ok(())
 }
 

@@ -135,6 +135,7 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             target: None,
         }),
     );
+    discard_on_ci(&root.join("fuzz/target"));
     for vendor in args.vendors() {
         println!(
             "[test] nested {} sandbox ({})",
@@ -238,9 +239,17 @@ impl Tally {
     }
 
     /// Ends the current stage: its time is what passed since the last lap.
+    /// Says so at once, with the disk space left (what ran out on a CI
+    /// machine once).
     fn lap(&mut self, stage: &str) {
         let now = Instant::now();
-        self.laps.push((stage.to_owned(), now - self.lap_start));
+        let took = now - self.lap_start;
+        println!(
+            "[test] {stage}: {:.1} s; {} free on the repository's disk",
+            took.as_secs_f64(),
+            free_disk(&workspace_root())
+        );
+        self.laps.push((stage.to_owned(), took));
         self.lap_start = now;
     }
 
@@ -292,6 +301,23 @@ impl Tally {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The space left on the file system holding `path`, as `df` says it
+/// ("?" if it cannot).
+fn free_disk(path: &Path) -> String {
+    crate::util::output(Command::new("df").args(["-h", "--output=avail"]).arg(path))
+        .and_then(|text| text.lines().nth(1).map(|l| l.trim().to_owned()))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// On CI (`CI` set, as `.ci/run` sets it), removes `dir`: what a stage
+/// built and no later stage reads, as a CI machine's disk is not large.
+/// (Elsewhere it stays, so that the next run is faster.)
+fn discard_on_ci(dir: &Path) {
+    if std::env::var_os("CI").is_some() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -379,6 +405,7 @@ fn isolated_unit_tests(root: &Path) -> anyhow::Result<(u64, u64)> {
         ],
     );
     let _ = std::fs::remove_dir_all(&copy);
+    discard_on_ci(&target);
     result
 }
 
