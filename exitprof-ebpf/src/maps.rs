@@ -1,14 +1,14 @@
 //! The maps of the VM-exit, userspace round-trip and process programs.
 //! (The handler-event maps live with their programs in
-//! `handler_events.rs`.) Names are the interface with the loader.
+//! `handler_events.rs`, the in-flight store in `in_flight.rs`.) Names are the interface with the loader.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, PENDING_MAP_ENTRIES,
-        PendingExit, PendingUserspaceExit, TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, TRACKED_MAP_ENTRIES,
+        UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -23,23 +23,11 @@ pub static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(SL
 pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(BREAKDOWN_MAP_ENTRIES, 0);
 
-/// Exits in flight, by thread id. A thread's entry stays between exits
-/// (closed: `ts_ns == 0`) and goes at thread exit or by LRU eviction.
-#[map]
-pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
-    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
-
 /// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
 /// `ioctl(KVM_RUN)`.
 #[map]
 pub static USERSPACE_EXITS: PerCpuArray<UserspaceExitStats> =
     PerCpuArray::with_max_entries(userspace_exit::SLOTS, 0);
-
-/// Returns to user space in flight, by thread id; kept like
-/// `PENDING_EXITS`.
-#[map]
-pub static PENDING_USERSPACE: LruHashMap<u32, PendingUserspaceExit> =
-    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
 
 /// Process ids whose events are counted when `CONFIG.filter` says so.
 #[map]

@@ -1,13 +1,14 @@
 //! Process lifecycle: `sched:sched_process_fork` tracks the children of
 //! tracked processes (so `exitprof stat -- COMMAND` counts COMMAND's whole
 //! tree), `sched:sched_process_exit` reclaims a dying thread's entries in
-//! flight.
+//! flight (hash store only, see `in_flight.rs`).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use exitprof_common::config::FILTER_TRACKED;
 
 use crate::{
     config::{config, current, offset},
-    maps::{PENDING_EXITS, PENDING_USERSPACE, TRACKED_TGIDS},
+    in_flight,
+    maps::TRACKED_TGIDS,
 };
 
 /// `sched:sched_process_fork`, run in the parent's context.
@@ -33,12 +34,11 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, i64> {
 }
 
 /// `sched:sched_process_exit`: a thread that dies between an exit and its
-/// entry (a killed VM) leaves no entry in flight behind. The LRU maps would
-/// evict it eventually; this reclaims it at once.
+/// entry (a killed VM) leaves nothing in flight behind. Only the hash
+/// store needs it (the loader attaches it then): task storage goes with
+/// the thread.
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let tid = current().1;
-    let _ = PENDING_EXITS.remove(tid);
-    let _ = PENDING_USERSPACE.remove(tid);
+    in_flight::forget();
     0
 }

@@ -1,7 +1,7 @@
 //! VM exits: `kvm:kvm_exit` counts and opens, `kvm:kvm_entry` closes and
-//! times. Keyed by thread: the vCPU thread may sleep and migrate between
-//! exit and entry. A thread whose entry never comes (VM killed) is evicted
-//! from the LRU map of exits in flight instead of leaking.
+//! times. The exit in flight belongs to the thread (`in_flight.rs`): the
+//! vCPU thread may sleep and migrate between exit and entry, and a thread
+//! whose entry never comes (VM killed) leaves nothing behind.
 //!
 //! Each hook has a classic program (the tracepoint's record, offsets from
 //! tracefs) and a raw one (`kvm_exit(struct kvm_vcpu *vcpu, u32 isa)`:
@@ -15,14 +15,15 @@ use aya_ebpf::{
 };
 use exitprof_common::{
     Isa,
-    maps::{BreakdownKey, BreakdownStats, PendingExit, drop_reason, log2_bucket},
+    maps::{BreakdownKey, BreakdownStats, PendingExit, TaskInFlight, drop_reason, log2_bucket},
     reasons::slot,
 };
 
 use crate::{
-    config::{config, current, offset, wanted},
-    counters::{close, entry, open},
-    maps::{EXIT_BREAKDOWN, EXIT_STATS, PENDING_EXITS},
+    config::{config, current, offset},
+    counters::entry,
+    in_flight::{self, Thread},
+    maps::{EXIT_BREAKDOWN, EXIT_STATS},
 };
 
 /// `kvm:kvm_exit`.
@@ -32,10 +33,9 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, tid) = current();
-    if !wanted(tgid) {
+    let Thread::Counted(record) = in_flight::mine() else {
         return Ok(0);
-    }
+    };
     // SAFETY: offsets were read from this kernel's tracefs format.
     let (isa, reason, vcpu) = unsafe {
         (
@@ -44,7 +44,7 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             ctx.read_at::<u32>(offset!(exit_vcpu_id))?,
         )
     };
-    count_exit(tgid, tid, isa, reason, vcpu);
+    count_exit(record, isa, reason, vcpu);
     Ok(0)
 }
 
@@ -55,10 +55,9 @@ pub fn kvm_exit_raw(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
-    let (tgid, tid) = current();
-    if !wanted(tgid) {
+    let Thread::Counted(record) = in_flight::mine() else {
         return Ok(0);
-    }
+    };
     let vcpu = ctx.arg::<u64>(0) as *const u8;
     let isa = ctx.arg::<u64>(1) as u32;
     // SAFETY: probe reads of kernel memory at offsets from this kernel's
@@ -84,19 +83,25 @@ fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
         };
         (reason, vcpu_id)
     };
-    count_exit(tgid, tid, isa, reason, vcpu_id);
+    count_exit(record, isa, reason, vcpu_id);
     Ok(0)
 }
 
-/// Counts an exit and opens it for its entry.
+/// Counts an exit and opens it for its entry in the thread's record (when
+/// it has one).
 #[inline(always)]
-fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32) {
+fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u32) {
     let slot = slot(isa, reason);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
     if config!(breakdown) != 0 {
+        let tgid = match record {
+            // SAFETY: the current thread's record.
+            Some(r) => unsafe { (*r).tgid },
+            None => current().0,
+        };
         let key = BreakdownKey {
             pid: tgid,
             vcpu,
@@ -114,12 +119,16 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32) {
             unsafe { (*stats).count += 1 };
         }
     }
-    let pending = PendingExit {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        slot,
-        vcpu,
-    };
-    open(&PENDING_EXITS, tid, &pending);
+    if let Some(record) = record {
+        // SAFETY: the current thread's record; only this thread writes it.
+        unsafe {
+            (*record).exit = PendingExit {
+                ts_ns: bpf_ktime_get_ns(),
+                slot,
+                vcpu,
+            };
+        }
+    }
 }
 
 /// `kvm:kvm_entry`.
@@ -139,9 +148,12 @@ pub fn kvm_entry_raw(_ctx: RawTracePointContext) -> u32 {
 /// Closes the thread's exit in flight and adds its duration.
 #[inline(always)]
 fn time_entry() {
-    let (tgid, tid) = current();
-    // Only threads of wanted processes have an open entry.
-    let Some(pending) = close(&PENDING_EXITS, tid) else {
+    // Only threads of wanted processes have a record.
+    let Some(record) = in_flight::existing() else {
+        return;
+    };
+    // SAFETY: the current thread's record.
+    let Some(pending) = (unsafe { in_flight::take_exit(record) }) else {
         return;
     };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
@@ -165,7 +177,8 @@ fn time_entry() {
     }
     if config!(breakdown) != 0 {
         let key = BreakdownKey {
-            pid: tgid,
+            // SAFETY: as above.
+            pid: unsafe { (*record).tgid },
             vcpu: pending.vcpu,
             slot: pending.slot,
             _pad: 0,

@@ -46,6 +46,9 @@ pub struct Hook {
     pub required: bool,
     /// Its raw tracepoint program, if it has one.
     pub raw: Option<RawHook>,
+    /// Only the object with the hash store of things in flight needs it
+    /// (task storage goes with its thread).
+    pub hash_store_only: bool,
 }
 
 impl Hook {
@@ -61,6 +64,7 @@ impl Hook {
                 group: Group::Handlers,
                 args: source.raw_args,
             }),
+            hash_store_only: false,
         }
     }
 }
@@ -77,6 +81,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Handlers,
             args: &[RawArg::Int(4), RawArg::Int(4)],
         }),
+        hash_store_only: false,
     },
     Hook {
         program: "kvm_exit",
@@ -88,6 +93,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu, RawArg::Int(4)],
         }),
+        hash_store_only: false,
     },
     Hook {
         program: "kvm_entry",
@@ -99,6 +105,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu],
         }),
+        hash_store_only: false,
     },
     Hook {
         program: "sys_enter_ioctl",
@@ -106,6 +113,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sys_enter_ioctl",
         required: false,
         raw: None,
+        hash_store_only: false,
     },
     Hook {
         program: "sched_process_fork",
@@ -113,6 +121,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_fork",
         required: true,
         raw: None,
+        hash_store_only: false,
     },
     Hook {
         program: "sched_process_exit",
@@ -120,6 +129,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_exit",
         required: true,
         raw: None,
+        hash_store_only: true,
     },
 ];
 

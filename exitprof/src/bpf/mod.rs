@@ -35,11 +35,16 @@ pub use error::LoadError;
 use hooks::{Hook, RawHook};
 use maps::{map_error, map_mut, syscall_error};
 use mirror::{Mirror, MirrorStatus};
-pub use plan::AttachMode;
+pub use plan::{AttachMode, InFlightMode, InFlightStore};
 use plan::{Host, RawPlan};
 
-/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`).
+/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`),
+/// keeping what vCPU threads have in flight in task storage ...
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof"));
+/// ... and the same programs with hash maps instead, for kernels without
+/// task storage ([`InFlightStore`]).
+static EBPF_OBJECT_HASH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof-hash"));
 
 /// Which processes are counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub struct Options {
     pub cost: bool,
     /// Raw or classic tracepoints for the KVM programs.
     pub attach: AttachMode,
+    /// Task storage or hash maps for what vCPU threads have in flight.
+    pub in_flight: InFlightMode,
 }
 
 /// Attached programs and their maps.
@@ -95,10 +102,8 @@ impl Profiler {
         if unsafe { libc::geteuid() } != 0 {
             return Err(LoadError::NotRoot);
         }
-        if EBPF_OBJECT.is_empty() {
-            return Err(LoadError::NoObject);
-        }
-        let hooks = hooks::all();
+        let host = Host::this();
+        let (object, hooks, why_hash) = object_for(options.in_flight, &host)?;
         let formats = read_formats(&hooks)?;
         let find = |event: &str| {
             formats
@@ -106,7 +111,7 @@ impl Profiler {
                 .find(|(h, _)| h.event == event)
                 .and_then(|(_, f)| f.as_ref())
         };
-        let plan = RawPlan::decide(options.attach, &Host::this())?;
+        let plan = RawPlan::decide(options.attach, &host)?;
         let config = Config {
             filter: match options.filter {
                 Filter::All => FILTER_ALL,
@@ -118,13 +123,16 @@ impl Profiler {
         };
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
+        // aya 0.14 has no type for task storage maps (`Map::Unsupported`);
+        // user space never opens `IN_FLIGHT`, only the programs use it.
+        loader.allow_unsupported_maps();
         if let Some(entries) = options.map_entries {
             for map in hooks::sized_maps() {
                 loader.map_max_entries(map, entries);
             }
         }
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| LoadError::Load(Box::new(e)))?;
         if let Filter::Tracked(pids) = &options.filter {
             let mut tracked: HashMap<_, u32, u8> = map_mut(&mut ebpf, "TRACKED_TGIDS")?;
@@ -186,7 +194,7 @@ impl Profiler {
             stats,
             mirror,
             attached_as: plan.attached(),
-            attach_note: plan.note(),
+            attach_note: join_notes(&plan.note(), &why_hash),
         })
     }
 
@@ -270,6 +278,41 @@ impl Profiler {
         snapshot.attach_mode = self.attached_as;
         self.attach_note.clone_into(&mut snapshot.attach_note);
         Ok(snapshot)
+    }
+}
+
+/// The eBPF object for the in-flight store `mode` asks for on `host`, the
+/// hooks it attaches, and why it keeps exits in flight in hash maps ("" in
+/// task storage).
+fn object_for(
+    mode: InFlightMode,
+    host: &Host,
+) -> Result<(&'static [u8], Vec<Hook>, String), LoadError> {
+    let (store, why) = InFlightStore::decide(mode, host)?;
+    let object = match store {
+        InFlightStore::TaskStorage => EBPF_OBJECT,
+        InFlightStore::Hash => EBPF_OBJECT_HASH,
+    };
+    if object.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let hooks = hooks::all()
+        .into_iter()
+        .filter(|h| !h.hash_store_only || store == InFlightStore::Hash)
+        .collect();
+    let note = match store {
+        InFlightStore::TaskStorage => String::new(),
+        InFlightStore::Hash => format!("exits in flight in hash maps: {why}"),
+    };
+    Ok((object, hooks, note))
+}
+
+/// `a; b`, or whichever is not empty.
+fn join_notes(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a.to_owned(),
+        (true, false) => b.to_owned(),
+        (false, false) => format!("{a}; {b}"),
     }
 }
 

@@ -2,7 +2,7 @@
 //! snapshot takes with a per-vCPU map of KEYS synthetic keys.
 use std::{process::ExitCode, time::Instant};
 
-use crate::bpf::{AttachMode, Filter, Options, Profiler};
+use crate::bpf::{AttachMode, Filter, InFlightMode, Options, Profiler};
 
 /// Arguments of `exitprof bench-readout`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,7 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: AttachMode::Auto,
+        in_flight: InFlightMode::Auto,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;
     let mut times = Vec::new();

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    bpf::AttachMode,
+    bpf::{AttachMode, InFlightMode},
     cli::parse_duration,
     host::{
         backend::{self, VendorModule},
@@ -177,6 +177,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             map_entries: None,
             cost: false,
             attach: AttachMode::Auto,
+            in_flight: InFlightMode::Auto,
             interval: Some(args.interval),
         })?;
         if let Some(code) = outcome.status

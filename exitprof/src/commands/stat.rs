@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use crate::{
-    bpf::AttachMode,
+    bpf::{AttachMode, InFlightMode},
     cli::{parse_duration, parse_live_pid},
     present::table,
     session::{Run, profile, signals},
@@ -51,6 +51,10 @@ pub struct StatArgs {
     /// classic tracepoints (offsets from tracefs), or raw where possible.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Where vCPU threads' exits in flight are kept: task storage (Linux
+    /// 5.12+, the default where possible) or hash maps by thread id.
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N")]
     pub map_entries: Option<u32>,
@@ -75,6 +79,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         cost: args.cost,
         attach: args.attach,
         interval: None,
+        in_flight: args.in_flight,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome.snapshot)?);

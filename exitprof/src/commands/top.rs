@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs},
     present::table,
@@ -40,6 +40,9 @@ pub struct TopArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Where vCPU threads' exits in flight are kept (see `stat`).
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -62,6 +65,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: args.attach,
+        in_flight: args.in_flight,
     })?;
     if args.json {
         signals::install();

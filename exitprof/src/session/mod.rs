@@ -8,7 +8,7 @@ pub mod signals;
 use std::time::{Duration, Instant};
 
 use crate::{
-    bpf::{AttachMode, Filter, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
     model::Snapshot,
 };
 use child::GatedChild;
@@ -33,6 +33,8 @@ pub struct Run<'a> {
     pub attach: AttachMode,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
+    /// Task storage or hash maps for what vCPU threads have in flight.
+    pub in_flight: InFlightMode,
 }
 
 /// What a profiled run saw.
@@ -69,6 +71,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         map_entries: run.map_entries,
         cost: run.cost,
         attach: run.attach,
+        in_flight: run.in_flight,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(

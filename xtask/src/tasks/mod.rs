@@ -149,22 +149,28 @@ pub fn lint() -> anyhow::Result<()> {
         .env("AYA_BUILD_SKIP", "1")
         .current_dir(&root))
     .context("clippy found problems in user space")?;
-    println!("[lint] cargo clippy (the eBPF crate, bpfel-unknown-none)");
-    run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "clippy",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .current_dir(root.join("exitprof-ebpf")))
-    .context("clippy found problems in the eBPF crate")
+    // Both objects: in-flight records in task storage, and in hash maps.
+    for features in [&[][..], &["--features", "hash-in-flight"]] {
+        println!(
+            "[lint] cargo clippy (the eBPF crate, bpfel-unknown-none) {}",
+            features.join(" ")
+        );
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(features)
+            .args(["--", "-D", "warnings"])
+            .current_dir(root.join("exitprof-ebpf")))
+        .context("clippy found problems in the eBPF crate")?;
+    }
+    Ok(())
 }
 
 /// Passed and failed tests over the stages of `cargo xtask test`, and the
