@@ -261,7 +261,8 @@ fn attached_exitprof_programs() -> usize {
         .count()
 }
 
-/// Ctrl-C detaches every program and still prints the snapshot.
+/// Ctrl-C detaches every program and still prints the snapshot; the
+/// `--ready-file` exists exactly while the programs are attached.
 #[test]
 fn stat_interrupted_prints_and_detaches() {
     let Some(_serial) = can_profile("stat_interrupted_prints_and_detaches") else {
@@ -272,24 +273,44 @@ fn stat_interrupted_prints_and_detaches() {
         0,
         "another exitprof is running"
     );
+    let ready = std::env::temp_dir().join(format!("exitprof-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
     let child = Command::new(EXITPROF)
-        .args(["stat", "--json"])
+        .args(["stat", "--json", "--ready-file"])
+        .arg(&ready)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready file in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Attached as soon as the file is there, with exitprof's pid in it.
     assert_eq!(
-        attached_exitprof_programs_settled(2),
+        attached_exitprof_programs(),
         2,
-        "kvm_cpuid and kvm_exit attached while running"
+        "kvm_cpuid and kvm_exit attached once ready"
     );
+    assert_eq!(
+        std::fs::read_to_string(&ready).unwrap(),
+        format!("{}\n", child.id())
+    );
+    std::thread::sleep(Duration::from_secs(1));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id().cast_signed(), libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(snap["interval_ns"].as_u64().unwrap() >= 1_000_000_000);
+    assert!(
+        !ready.exists(),
+        "the ready file goes when exitprof detaches"
+    );
     assert_eq!(attached_exitprof_programs_settled(0), 0);
 }
 

@@ -178,6 +178,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             cost: false,
             attach: AttachMode::Auto,
             in_flight: InFlightMode::Auto,
+            ready_file: None,
             interval: Some(args.interval),
         })?;
         if let Some(code) = outcome.status

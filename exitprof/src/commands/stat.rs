@@ -1,6 +1,6 @@
 //! `exitprof stat`: count while a command runs (or for a duration, or until
 //! Ctrl-C), then print one report, like `perf stat`.
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     bpf::{AttachMode, InFlightMode},
@@ -20,7 +20,9 @@ Examples:
   sudo exitprof stat --json --duration 5s
       every VM on the host, one JSON snapshot
   sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
-      what each program costs per event with classic tracepoints")]
+      what each program costs per event with classic tracepoints
+  sudo exitprof stat --ready-file /tmp/ready & while [ ! -e /tmp/ready ]; do sleep 0.1; done
+      start timing a workload only once exitprof is attached")]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "command-line flags, each its own switch"
@@ -51,6 +53,11 @@ pub struct StatArgs {
     /// classic tracepoints (offsets from tracefs), or raw where possible.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Write exitprof's pid to this file once every program is attached
+    /// (it appears at once, by rename), and remove it once detached: a
+    /// script waits for it before starting what it measures.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     /// Where vCPU threads' exits in flight are kept: task storage (Linux
     /// 5.12+, the default where possible) or hash maps by thread id.
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
@@ -80,6 +87,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         attach: args.attach,
         interval: None,
         in_flight: args.in_flight,
+        ready_file: args.ready_file.as_deref(),
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome.snapshot)?);

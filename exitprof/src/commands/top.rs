@@ -2,6 +2,7 @@
 //! text (`--once`, or stdout no terminal), or a JSON snapshot per interval.
 use std::{
     io::IsTerminal as _,
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -11,7 +12,7 @@ use crate::{
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs},
     present::table,
-    session::signals,
+    session::{ReadyFile, signals},
     tui::{self, app::App},
 };
 
@@ -40,6 +41,10 @@ pub struct TopArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Write exitprof's pid to this file once every program is attached,
+    /// and remove it once detached (see `stat --help`).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     /// Where vCPU threads' exits in flight are kept (see `stat`).
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
     pub in_flight: InFlightMode,
@@ -67,6 +72,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         attach: args.attach,
         in_flight: args.in_flight,
     })?;
+    let _ready = ReadyFile::announce(args.ready_file.as_deref())?;
     if args.json {
         signals::install();
         return stream_json(&profiler, args.delay);

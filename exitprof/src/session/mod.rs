@@ -5,7 +5,10 @@
 mod child;
 pub mod signals;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use crate::{
     bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
@@ -35,6 +38,42 @@ pub struct Run<'a> {
     pub interval: Option<Duration>,
     /// Task storage or hash maps for what vCPU threads have in flight.
     pub in_flight: InFlightMode,
+    /// Written once every program is attached, removed once detached.
+    pub ready_file: Option<&'a Path>,
+}
+
+/// `--ready-file PATH`: the file exists exactly while exitprof is
+/// attached. It holds exitprof's pid and a newline and appears at once
+/// (written beside, then renamed), so that a script can wait for it
+/// before it starts the clock, and wait for it to go after stopping
+/// exitprof. Removed on drop, on every way out of the profile.
+pub struct ReadyFile(Option<PathBuf>);
+
+impl ReadyFile {
+    /// Announces that every program is attached.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn announce(path: Option<&Path>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let Some(path) = path else {
+            return Ok(Self(None));
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        Ok(Self(Some(path.to_owned())))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// What a profiled run saw.
@@ -86,6 +125,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     } else {
         "all processes".to_owned()
     };
+    let ready = ReadyFile::announce(run.ready_file)?;
     let mut child = if run.command.is_empty() {
         None
     } else {
@@ -123,6 +163,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     }
     let snapshot = profiler.snapshot()?;
     drop(profiler);
+    drop(ready);
     if let (Some(c), None) = (child.as_mut(), status) {
         // Stopped by the deadline or a signal while the command runs: end
         // it as `perf stat --timeout` does.
