@@ -435,3 +435,58 @@ fn stat_reports_its_own_cost() {
         "no cost figures unless asked"
     );
 }
+
+/// Exits in flight kept in task storage (the default here) or in hash
+/// maps (kernels without task storage) give the same counts and close
+/// the same round trips.
+#[test]
+fn stat_in_flight_stores_count_the_same() {
+    let Some(_serial) = can_profile("stat_in_flight_stores_count_the_same") else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for store in ["task-storage", "hash"] {
+        let out = exitprof(&[
+            "stat",
+            "--json",
+            "--in-flight",
+            store,
+            "--",
+            EXITPROF,
+            "vm",
+            "--vcpus",
+            "2",
+            "--pio",
+            "300",
+            "--mmio",
+            "20",
+            "--rounds",
+            "2",
+        ]);
+        assert!(out.status.success(), "{store}: {out:?}");
+        // The workload's own report comes first on the shared stdout.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let snap: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let io = &snap["events"]["userspace_exit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "IO")
+            .cloned()
+            .unwrap_or_else(|| panic!("{store}: no IO row in {snap}"));
+        // 2 vCPUs x 2 rounds x (300 out + 300 in + 1 done); each vCPU's
+        // last done-port exit never returns to KVM_RUN.
+        assert_eq!(io["count"], 2 * 2 * 601, "{store}");
+        assert_eq!(io["roundtrips"], 2 * 2 * 601 - 2, "{store}");
+        assert_eq!(
+            snap.get("attach_note")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .contains("exits in flight in hash maps"),
+            store == "hash",
+            "{store}: {snap}"
+        );
+        seen.push((io["count"].clone(), io["roundtrips"].clone()));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
