@@ -28,6 +28,8 @@ pub struct Offsets {
     pub exit_isa: u32,
     /// `kvm_exit.vcpu_id`
     pub exit_vcpu_id: u32,
+    /// `kvm_exit.guest_rip` (an `unsigned long`)
+    pub exit_guest_rip: u32,
     /// `sys_enter_ioctl.cmd`
     pub ioctl_cmd: u32,
     /// `sched_process_fork.parent_pid`
@@ -45,6 +47,7 @@ impl Offsets {
         exit_reason: 0,
         exit_isa: 0,
         exit_vcpu_id: 0,
+        exit_guest_rip: 0,
         ioctl_cmd: 0,
         fork_parent_pid: 0,
         fork_child_pid: 0,
@@ -65,6 +68,12 @@ pub struct RawOffsets {
     pub vmcb_exit_code: u32,
     /// `struct vcpu_vmx.exit_reason` (`union vmx_exit_reason`, 32 bits).
     pub vmx_exit_reason: u32,
+    /// `struct vmcb.save.rip`: the guest's RIP, which the processor saved
+    /// at `#VMEXIT` (exit sites on SVM). VMX has no equivalent at
+    /// `kvm_exit`: KVM reads `GUEST_RIP` from the VMCS on demand, and
+    /// `vcpu->arch.regs[VCPU_REGS_RIP]` still holds the previous value
+    /// there, so exit sites on VMX use the classic record's `guest_rip`.
+    pub vmcb_save_rip: u32,
 }
 
 impl RawOffsets {
@@ -74,6 +83,7 @@ impl RawOffsets {
         svm_vmcb: 0,
         vmcb_exit_code: 0,
         vmx_exit_reason: 0,
+        vmcb_save_rip: 0,
     };
 }
 
@@ -85,6 +95,8 @@ pub struct Config {
     pub filter: u32,
     /// Non-zero: also aggregate exits per (process, vCPU, reason).
     pub breakdown: u32,
+    /// Non-zero: also aggregate exits per (process, reason, guest RIP).
+    pub sites: u32,
     /// Record field offsets for the classic tracepoints.
     pub offsets: Offsets,
     /// Structure offsets for the raw tracepoints.
@@ -97,6 +109,7 @@ impl Config {
     pub const ZERO: Self = Self {
         filter: FILTER_ALL,
         breakdown: 0,
+        sites: 0,
         offsets: Offsets::ZERO,
         raw: RawOffsets::ZERO,
     };

@@ -20,6 +20,9 @@ pub const BREAKDOWN_MAP_ENTRIES: u32 = 16384;
 pub const PENDING_MAP_ENTRIES: u32 = 8192;
 /// Capacity of the set of tracked process ids (`--pid`, `-- COMMAND`).
 pub const TRACKED_MAP_ENTRIES: u32 = 1024;
+/// Capacity of the exit-site map, (process, reason, guest RIP) keys
+/// (`--sites`; 1 entry otherwise, so that it costs no memory).
+pub const SITES_MAP_ENTRIES: u32 = 16384;
 
 /// `DROPPED` slots: why an event was not counted.
 pub mod drop_reason {
@@ -29,6 +32,8 @@ pub mod drop_reason {
     pub const BREAKDOWN_MAP_FULL: u32 = 1;
     /// A pending (in flight) map update failed.
     pub const PENDING_MAP_FULL: u32 = 2;
+    /// The exit-site map was full.
+    pub const SITES_MAP_FULL: u32 = 3;
     /// Number of slots in `DROPPED`.
     pub const SLOTS: u32 = 4;
 }
@@ -96,6 +101,20 @@ pub struct BreakdownStats {
     pub max_ns: u64,
 }
 
+/// Key of the exit-site map `EXIT_SITES`: where in the guest exits of a
+/// reason come from. The value is a [`BreakdownStats`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey {
+    /// Process id (tgid) of the VMM: guest addresses mean something only
+    /// within one VM.
+    pub pid: u32,
+    /// Dense reason slot.
+    pub slot: u32,
+    /// The guest's RIP at the exit.
+    pub rip: u64,
+}
+
 /// An exit in flight, part of its thread's [`TaskInFlight`]: the vCPU
 /// thread may sleep and migrate between exit and entry, so the CPU is no
 /// key.
@@ -108,6 +127,8 @@ pub struct PendingExit {
     pub slot: u32,
     /// vCPU id.
     pub vcpu: u32,
+    /// The guest's RIP at the exit (with exit sites; 0 otherwise).
+    pub rip: u64,
 }
 
 /// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
@@ -232,12 +253,13 @@ pub fn log2_bucket(d: u64) -> usize {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        BreakdownKey, BreakdownStats, ExitStats, PendingExit, PendingUserspaceExit, TaskInFlight,
-        UserspaceExitStats,
+        BreakdownKey, BreakdownStats, ExitStats, PendingExit, PendingUserspaceExit, SiteKey,
+        TaskInFlight, UserspaceExitStats,
     };
     // SAFETY: all of these are `repr(C)` integers with explicit padding.
     unsafe impl aya::Pod for ExitStats {}
     unsafe impl aya::Pod for BreakdownKey {}
+    unsafe impl aya::Pod for SiteKey {}
     unsafe impl aya::Pod for BreakdownStats {}
     unsafe impl aya::Pod for PendingExit {}
     unsafe impl aya::Pod for UserspaceExitStats {}
@@ -275,8 +297,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<CachedCount<MmioKey>>(), 24);
         assert_eq!(core::mem::size_of::<MmioKey>(), 16);
         assert_eq!(core::mem::size_of::<BreakdownKey>(), 16);
-        assert_eq!(core::mem::size_of::<PendingExit>(), 16);
-        assert_eq!(core::mem::size_of::<TaskInFlight>(), 40);
+        assert_eq!(core::mem::size_of::<PendingExit>(), 24);
+        assert_eq!(core::mem::size_of::<SiteKey>(), 16);
+        assert_eq!(core::mem::size_of::<TaskInFlight>(), 48);
         assert_eq!(core::mem::size_of::<ExitStats>(), 8 * (5 + HIST_BUCKETS));
     }
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, TRACKED_MAP_ENTRIES,
-        UserspaceExitStats, drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, SITES_MAP_ENTRIES, SiteKey,
+        TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -22,6 +22,12 @@ pub static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(SL
 #[map]
 pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(BREAKDOWN_MAP_ENTRIES, 0);
+
+/// Per (process, reason slot, guest RIP), filled when `CONFIG.sites != 0`
+/// (the loader shrinks it to one entry otherwise).
+#[map]
+pub static EXIT_SITES: PerCpuHashMap<SiteKey, BreakdownStats> =
+    PerCpuHashMap::with_max_entries(SITES_MAP_ENTRIES, 0);
 
 /// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
 /// `ioctl(KVM_RUN)`.

@@ -8,6 +8,11 @@
 //! the reason is read from the vendor's vCPU structure with offsets from
 //! BTF, skipping the record the classic tracepoint builds). Both share one
 //! body, so both modes count the same.
+//!
+//! With exit sites (`CONFIG.sites`), each exit is also counted under the
+//! guest's RIP: the classic record's `guest_rip`, or on SVM in raw mode
+//! `vmcb->save.rip`. (VMX raw mode has no valid RIP at `kvm_exit`; the
+//! loader attaches these programs classic there when sites are asked for.)
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{raw_tracepoint, tracepoint},
@@ -15,7 +20,9 @@ use aya_ebpf::{
 };
 use exitprof_common::{
     Isa,
-    maps::{BreakdownKey, BreakdownStats, PendingExit, TaskInFlight, drop_reason, log2_bucket},
+    maps::{
+        BreakdownKey, BreakdownStats, PendingExit, SiteKey, TaskInFlight, drop_reason, log2_bucket,
+    },
     reasons::slot,
 };
 
@@ -23,7 +30,7 @@ use crate::{
     config::{config, current, offset},
     counters::entry,
     in_flight::{self, Thread},
-    maps::{EXIT_BREAKDOWN, EXIT_STATS},
+    maps::{EXIT_BREAKDOWN, EXIT_SITES, EXIT_STATS},
 };
 
 /// `kvm:kvm_exit`.
@@ -37,14 +44,19 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     // SAFETY: offsets were read from this kernel's tracefs format.
-    let (isa, reason, vcpu) = unsafe {
+    let (isa, reason, vcpu, rip) = unsafe {
         (
             ctx.read_at::<u32>(offset!(exit_isa))?,
             ctx.read_at::<u32>(offset!(exit_reason))?,
             ctx.read_at::<u32>(offset!(exit_vcpu_id))?,
+            if config!(sites) != 0 {
+                ctx.read_at::<u64>(offset!(exit_guest_rip))?
+            } else {
+                0
+            },
         )
     };
-    count_exit(record, isa, reason, vcpu);
+    count_exit(record, isa, reason, vcpu, rip);
     Ok(0)
 }
 
@@ -62,7 +74,7 @@ fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
     let isa = ctx.arg::<u64>(1) as u32;
     // SAFETY: probe reads of kernel memory at offsets from this kernel's
     // BTF; a bad address fails the read, it cannot fault.
-    let (reason, vcpu_id) = unsafe {
+    let (reason, vcpu_id, rip) = unsafe {
         // Only the per-vCPU breakdown needs the vCPU id: skip the read
         // otherwise.
         let vcpu_id = if config!(breakdown) != 0 {
@@ -70,40 +82,48 @@ fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
         } else {
             0
         };
-        let reason = if isa == Isa::Svm as u32 {
+        if isa == Isa::Svm as u32 {
             let vmcb = bpf_probe_read_kernel(
                 vcpu.add(config!(raw.svm_vmcb) as usize).cast::<*const u8>(),
             )?;
-            bpf_probe_read_kernel(vmcb.add(config!(raw.vmcb_exit_code) as usize).cast::<u32>())?
+            let reason = bpf_probe_read_kernel(
+                vmcb.add(config!(raw.vmcb_exit_code) as usize).cast::<u32>(),
+            )?;
+            let rip = if config!(sites) != 0 {
+                bpf_probe_read_kernel(vmcb.add(config!(raw.vmcb_save_rip) as usize).cast::<u64>())?
+            } else {
+                0
+            };
+            (reason, vcpu_id, rip)
         } else {
-            bpf_probe_read_kernel(
+            let reason = bpf_probe_read_kernel(
                 vcpu.add(config!(raw.vmx_exit_reason) as usize)
                     .cast::<u32>(),
-            )?
-        };
-        (reason, vcpu_id)
+            )?;
+            (reason, vcpu_id, 0)
+        }
     };
-    count_exit(record, isa, reason, vcpu_id);
+    count_exit(record, isa, reason, vcpu_id, rip);
     Ok(0)
 }
 
-/// Counts an exit and opens it for its entry in the thread's record (when
-/// it has one).
+/// Counts an exit (per reason, and per vCPU and per site when asked for)
+/// and opens it for its entry in the thread's record (when it has one).
 #[inline(always)]
-fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u32) {
+fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u32, rip: u64) {
     let slot = slot(isa, reason);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
+    let tgid = || match record {
+        // SAFETY: the current thread's record.
+        Some(r) => unsafe { (*r).tgid },
+        None => current().0,
+    };
     if config!(breakdown) != 0 {
-        let tgid = match record {
-            // SAFETY: the current thread's record.
-            Some(r) => unsafe { (*r).tgid },
-            None => current().0,
-        };
         let key = BreakdownKey {
-            pid: tgid,
+            pid: tgid(),
             vcpu,
             slot,
             _pad: 0,
@@ -119,6 +139,18 @@ fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u3
             unsafe { (*stats).count += 1 };
         }
     }
+    if config!(sites) != 0 {
+        let key = SiteKey {
+            pid: tgid(),
+            slot,
+            rip,
+        };
+        let init = BreakdownStats::default();
+        if let Some(stats) = entry(&EXIT_SITES, &key, &init, drop_reason::SITES_MAP_FULL) {
+            // SAFETY: per-CPU value of this CPU.
+            unsafe { (*stats).count += 1 };
+        }
+    }
     if let Some(record) = record {
         // SAFETY: the current thread's record; only this thread writes it.
         unsafe {
@@ -126,6 +158,7 @@ fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u3
                 ts_ns: bpf_ktime_get_ns(),
                 slot,
                 vcpu,
+                rip,
             };
         }
     }
@@ -156,6 +189,8 @@ fn time_entry() {
     let Some(pending) = (unsafe { in_flight::take_exit(record) }) else {
         return;
     };
+    // SAFETY: as above.
+    let tgid = unsafe { (*record).tgid };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(pending.slot) {
         // SAFETY: per-CPU slot of this CPU.
@@ -177,21 +212,36 @@ fn time_entry() {
     }
     if config!(breakdown) != 0 {
         let key = BreakdownKey {
-            // SAFETY: as above.
-            pid: unsafe { (*record).tgid },
+            pid: tgid,
             vcpu: pending.vcpu,
             slot: pending.slot,
             _pad: 0,
         };
         if let Some(stats) = EXIT_BREAKDOWN.get_ptr_mut(key) {
-            // SAFETY: per-CPU value of this CPU.
-            unsafe {
-                (*stats).timed += 1;
-                (*stats).total_ns += took;
-                if took > (*stats).max_ns {
-                    (*stats).max_ns = took;
-                }
-            }
+            add_time(stats, took);
+        }
+    }
+    if config!(sites) != 0 {
+        let key = SiteKey {
+            pid: tgid,
+            slot: pending.slot,
+            rip: pending.rip,
+        };
+        if let Some(stats) = EXIT_SITES.get_ptr_mut(key) {
+            add_time(stats, took);
+        }
+    }
+}
+
+/// Adds one timed exit of `took` ns to a breakdown or site value.
+#[inline(always)]
+fn add_time(stats: *mut BreakdownStats, took: u64) {
+    // SAFETY: a per-CPU value of this CPU, from a map lookup.
+    unsafe {
+        (*stats).timed += 1;
+        (*stats).total_ns += took;
+        if took > (*stats).max_ns {
+            (*stats).max_ns = took;
         }
     }
 }

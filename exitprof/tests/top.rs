@@ -110,19 +110,44 @@ fn top_shows_live_rows_and_restores_the_terminal() {
             "{screen}"
         );
     }
-    // The workload's CPUID row, with a count that grows.
-    let count = |screen: &str| -> u64 {
+    // The workload's CPUID row: `  0x00004242/0x0  COUNT  RATE/s  SHARE ...`,
+    // with a count that grows and a rate that is not zero.
+    let row = |screen: &str| -> (u64, u64) {
         let line = screen
             .lines()
-            .find(|l| l.starts_with("0x00004242/0x0"))
+            .find(|l| l.trim_start().starts_with("0x00004242/0x0"))
             .unwrap_or_else(|| panic!("no row for leaf {LEAF}:\n{screen}"));
-        line.split_whitespace().last().unwrap().parse().unwrap()
+        let mut cols = line.split_whitespace().skip(1);
+        let mut number = || cols.next().unwrap().parse::<u64>().unwrap();
+        (number(), number())
     };
-    let first = count(&screen);
-    assert!(first > 0, "{screen}");
+    // The header's events/s (after a full interval: not the first frame).
     sleep(Duration::from_millis(1200));
-    let later = count(&tmux(&["capture-pane", "-p", "-t", session]));
+    let screen = tmux(&["capture-pane", "-p", "-t", session]);
+    let (first, rate) = row(&screen);
+    assert!(
+        first > 0 && rate > 0,
+        "count {first}, rate {rate}:\n{screen}"
+    );
+    let header = screen.lines().next().unwrap();
+    let events_per_s: u64 = header
+        .strip_suffix(" events/s")
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no events/s at the end of the header: {header}"));
+    assert!(events_per_s > 0, "{header}");
+    if pvm {
+        assert!(!header.contains("exits/s"), "no exit rate on PVM: {header}");
+    }
+    sleep(Duration::from_millis(1200));
+    let (later, _) = row(&tmux(&["capture-pane", "-p", "-t", session]));
     assert!(later > first, "the row does not move: {first} then {later}");
+
+    // View 5 without --sites says how to get sites.
+    tmux(&["send-keys", "-t", session, "5"]);
+    let sites = screen_with(session, "exit sites are not counted");
+    assert!(sites.contains("start top with --sites"), "{sites}");
+    tmux(&["send-keys", "-t", session, "2"]);
 
     tmux(&["send-keys", "-t", session, "?"]);
     let help = screen_with(session, "q, Ctrl-C   quit");
@@ -166,6 +191,11 @@ fn top_once_prints_tables_and_exits() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("exitprof: backend "), "{text}");
     assert!(text.contains("0x00004242/0x0"), "{text}");
+    let rates = text.lines().nth(1).unwrap();
+    assert!(
+        rates.starts_with("rates: ") && rates.ends_with(" events/s"),
+        "{text}"
+    );
     assert!(text.ends_with("dropped: 0\n"), "{text}");
 }
 
@@ -200,5 +230,17 @@ fn top_json_streams_one_interval_per_line() {
         );
         let cpuid = common::count_where(&snap["events"]["cpuid"], |r| r["leaf"] == 0x4242);
         assert!(cpuid > 0, "{snap}");
+        // Rates of the interval: the row's, and all events'.
+        let row = snap["events"]["cpuid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["leaf"] == 0x4242)
+            .unwrap();
+        assert!(row["rate_per_s"].as_f64().unwrap() > 0.0, "{snap}");
+        assert!(snap["events_per_s"].as_f64().unwrap() > 0.0, "{snap}");
+        if snap["vmexit_available"] == false {
+            assert!(snap.get("exits_per_s").is_none(), "{snap}");
+        }
     }
 }

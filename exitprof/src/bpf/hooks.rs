@@ -169,6 +169,7 @@ pub fn offsets<'a>(find: &impl Fn(&str) -> Option<&'a Format>) -> Result<Offsets
         exit_reason: get("kvm_exit", "exit_reason")?,
         exit_isa: get("kvm_exit", "isa")?,
         exit_vcpu_id: get("kvm_exit", "vcpu_id")?,
+        exit_guest_rip: get("kvm_exit", "guest_rip")?,
         ioctl_cmd: get("sys_enter_ioctl", "cmd")?,
         fork_parent_pid: get("sched_process_fork", "parent_pid")?,
         fork_child_pid: get("sched_process_fork", "child_pid")?,
@@ -213,6 +214,7 @@ mod tests {
             assert_eq!((e.msr_write, e.msr_ecx), (8, 12), "{kernel}");
             assert_eq!(e.hypercall_nr, 8, "{kernel}");
             assert_eq!((o.exit_reason, o.exit_isa, o.exit_vcpu_id), (8, 24, 56));
+            assert_eq!(o.exit_guest_rip, 16, "{kernel}");
             assert_eq!((o.userspace_exit_reason, o.userspace_exit_errno), (8, 12));
             assert_eq!((o.ioctl_cmd, o.fork_child_pid), (0, 0), "missing: 0");
         }

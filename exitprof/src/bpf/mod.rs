@@ -73,6 +73,9 @@ pub struct Options {
     pub attach: AttachMode,
     /// Task storage or hash maps for what vCPU threads have in flight.
     pub in_flight: InFlightMode,
+    /// Also count exits per (process, reason, guest RIP): exit sites. It
+    /// costs a map update per exit, so it is off unless asked for.
+    pub sites: bool,
 }
 
 /// Attached programs and their maps.
@@ -90,6 +93,10 @@ pub struct Profiler {
     attached_as: Attached,
     /// See [`RawPlan::note`].
     attach_note: String,
+    /// Whether exits are broken down per (process, vCPU).
+    breakdown: bool,
+    /// Whether exit sites are counted.
+    sites: bool,
 }
 
 impl Profiler {
@@ -111,13 +118,14 @@ impl Profiler {
                 .find(|(h, _)| h.event == event)
                 .and_then(|(_, f)| f.as_ref())
         };
-        let plan = RawPlan::decide(options.attach, &host)?;
+        let plan = RawPlan::decide(options.attach, &host, options.sites)?;
         let config = Config {
             filter: match options.filter {
                 Filter::All => FILTER_ALL,
                 Filter::Tracked(_) => FILTER_TRACKED,
             },
             breakdown: u32::from(options.breakdown),
+            sites: u32::from(options.sites),
             offsets: hooks::offsets(&find)?,
             raw: plan.offsets,
         };
@@ -126,11 +134,7 @@ impl Profiler {
         // aya 0.14 has no type for task storage maps (`Map::Unsupported`);
         // user space never opens `IN_FLIGHT`, only the programs use it.
         loader.allow_unsupported_maps();
-        if let Some(entries) = options.map_entries {
-            for map in hooks::sized_maps() {
-                loader.map_max_entries(map, entries);
-            }
-        }
+        size_maps(&mut loader, options);
         let mut ebpf = loader
             .load(object)
             .map_err(|e| LoadError::Load(Box::new(e)))?;
@@ -195,6 +199,8 @@ impl Profiler {
             mirror,
             attached_as: plan.attached(),
             attach_note: join_notes(&plan.note(), &why_hash),
+            breakdown: options.breakdown,
+            sites: options.sites,
         })
     }
 
@@ -207,6 +213,16 @@ impl Profiler {
         tracked
             .insert(pid, 1, 0)
             .map_err(|e| map_error("TRACKED_TGIDS", e))
+    }
+
+    /// The processes counted under `Filter::Tracked`: those given, and
+    /// the ones they forked since (empty under `Filter::All`).
+    #[must_use]
+    pub fn tracked_pids(&self) -> Vec<u32> {
+        let Ok(tracked) = maps::map_ref::<HashMap<_, u32, u8>>(&self.ebpf, "TRACKED_TGIDS") else {
+            return Vec::new();
+        };
+        tracked.keys().filter_map(Result::ok).collect()
     }
 
     /// Fills the per-vCPU breakdown map with `keys` synthetic keys (pid
@@ -258,7 +274,10 @@ impl Profiler {
     /// # Errors
     /// When a map cannot be read.
     pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
-        let mut snapshot = readout::read(&self.ebpf, self.backend)?;
+        let mut snapshot = readout::read(&self.ebpf, self.backend, self.breakdown)?;
+        if self.sites {
+            snapshot.sites = readout::read_sites(&self.ebpf)?;
+        }
         if self.stats.is_some() {
             snapshot.programs = self
                 .attached
@@ -277,6 +296,7 @@ impl Profiler {
         snapshot.guest_mirror = Some(self.mirror.status.state());
         snapshot.attach_mode = self.attached_as;
         self.attach_note.clone_into(&mut snapshot.attach_note);
+        snapshot.fill_rates();
         Ok(snapshot)
     }
 }
@@ -313,6 +333,19 @@ fn join_notes(a: &str, b: &str) -> String {
         (_, true) => a.to_owned(),
         (true, false) => b.to_owned(),
         (false, false) => format!("{a}; {b}"),
+    }
+}
+
+/// Map capacities other than the built-in ones.
+fn size_maps(loader: &mut EbpfLoader, options: &Options) {
+    if let Some(entries) = options.map_entries {
+        for map in hooks::sized_maps() {
+            loader.map_max_entries(map, entries);
+        }
+    }
+    if !options.sites {
+        // Preallocated per CPU: unused, it would still cost memory.
+        loader.map_max_entries("EXIT_SITES", 1);
     }
 }
 

@@ -141,11 +141,13 @@ pub struct RawPlan {
 }
 
 impl RawPlan {
-    /// Decides per group from `host`'s BTF.
+    /// Decides per group from `host`'s BTF; with exit `sites`, the raw
+    /// `kvm_exit` must also find the guest's RIP (SVM only: see
+    /// `RawOffsets::vmcb_save_rip`).
     ///
     /// # Errors
     /// [`LoadError::RawUnavailable`] when `--attach raw` cannot be had.
-    pub fn decide(mode: AttachMode, host: &Host) -> Result<Self, LoadError> {
+    pub fn decide(mode: AttachMode, host: &Host, sites: bool) -> Result<Self, LoadError> {
         let classic = || Err("--attach classic".to_owned());
         let mut plan = Self {
             vmexit: classic(),
@@ -155,7 +157,7 @@ impl RawPlan {
         if mode == AttachMode::Classic {
             return Ok(plan);
         }
-        match resolve(host, &mut plan.offsets) {
+        match resolve(host, &mut plan.offsets, sites) {
             Ok((vmexit, handlers)) => {
                 plan.vmexit = vmexit;
                 plan.handlers = handlers;
@@ -226,7 +228,7 @@ type GroupsRaw = (Result<(), String>, Result<(), String>);
 /// Reads the host's BTF once (vmlinux, then kvm's and the vendor's split
 /// BTF on top of it) and decides per group, filling the offsets the raw
 /// `kvm_exit` needs; `Err` when no group can go raw.
-fn resolve(host: &Host, offsets: &mut RawOffsets) -> Result<GroupsRaw, String> {
+fn resolve(host: &Host, offsets: &mut RawOffsets, sites: bool) -> Result<GroupsRaw, String> {
     let dir = &host.btf_dir;
     let module = dir.join("kvm").exists().then_some("kvm");
     if module.is_none() && host.loadable("kvm") {
@@ -239,7 +241,7 @@ fn resolve(host: &Host, offsets: &mut RawOffsets) -> Result<GroupsRaw, String> {
     let vmlinux = Vmlinux::load(dir).map_err(no_btf)?;
     let kvm = vmlinux.with_module(dir, module).map_err(no_btf)?;
     let vmexit = check_args(&kvm, Group::Vmexit)
-        .and_then(|()| vmexit_offsets(host, &vmlinux, &kvm, offsets));
+        .and_then(|()| vmexit_offsets(host, &vmlinux, &kvm, offsets, sites));
     Ok((vmexit, check_args(&kvm, Group::Handlers)))
 }
 
@@ -279,6 +281,7 @@ fn vmexit_offsets(
     vmlinux: &Vmlinux,
     kvm: &Btf,
     offsets: &mut RawOffsets,
+    sites: bool,
 ) -> Result<(), String> {
     let field = |btf: &Btf, name: &str, path: &[&str], sizes: &[u32]| match btf.offset(name, path) {
         Some((off, size)) if sizes.contains(&size) => Ok(off),
@@ -312,7 +315,20 @@ fn vmexit_offsets(
     if vendor == KVM_AMD {
         offsets.svm_vmcb = field(btf, "vcpu_svm", &["vmcb"], &[8])?;
         offsets.vmcb_exit_code = field(btf, "vmcb", &["control", "exit_code"], &[4, 8])?;
+        if sites {
+            offsets.vmcb_save_rip = field(btf, "vmcb", &["save", "rip"], &[8])
+                .map_err(|why| format!("exit sites need the guest RIP: {why}"))?;
+        }
     } else {
+        if sites {
+            // At kvm_exit KVM has not read GUEST_RIP from the VMCS yet:
+            // vcpu->arch.regs[VCPU_REGS_RIP] is the previous exit's. The
+            // classic record reads it (kvm_rip_read).
+            return Err(
+                "exit sites on VMX need the classic record's guest_rip (the cached RIP is stale at kvm_exit)"
+                    .to_owned(),
+            );
+        }
         offsets.vmx_exit_reason = field(btf, "vcpu_vmx", &["exit_reason"], &[4])?;
     }
     Ok(())
@@ -330,7 +346,7 @@ mod tests {
     /// vmlinux BTF with `struct kvm_vcpu` (`vcpu_id` at 4) and a
     /// `btf_trace_*` prototype for every raw program of the hook table,
     /// and the split BTF of `kvm_amd` (`vcpu_svm.vmcb` at 8,
-    /// `vmcb.control.exit_code` at 4).
+    /// `vmcb.control.exit_code` at 4, `vmcb.save.rip` at 16).
     fn kvm_btf() -> (Vec<u8>, Vec<u8>) {
         let mut b = Builder::new();
         let id = |i: u32| i + 1;
@@ -377,6 +393,7 @@ mod tests {
             m.s("vcpu"),
             m.s("vmcb"),
         );
+        let (save, rip) = (m.s("save"), m.s("rip"));
         let area = id(m.ty(
             KIND_STRUCT,
             "vmcb_control_area",
@@ -384,7 +401,20 @@ mod tests {
             8,
             &[x, int, 0, exit_code, int, 32],
         ));
-        let vmcb = id(m.ty(KIND_STRUCT, "vmcb", 1, 8, &[control, area, 0]));
+        let save_area = id(m.ty(
+            KIND_STRUCT,
+            "vmcb_save_area",
+            2,
+            16,
+            &[x, int, 0, rip, u64_, 64],
+        ));
+        let vmcb = id(m.ty(
+            KIND_STRUCT,
+            "vmcb",
+            2,
+            24,
+            &[control, area, 0, save, save_area, 64],
+        ));
         let vmcb_ptr = id(m.ty(KIND_PTR, "", 0, vmcb, &[]));
         m.ty(
             KIND_STRUCT,
@@ -437,7 +467,7 @@ mod tests {
     #[test]
     fn classic_asks_for_nothing() {
         let host = Fake::new("classic");
-        let plan = RawPlan::decide(AttachMode::Classic, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Classic, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Classic);
         assert_eq!(plan.note(), "all classic: --attach classic");
     }
@@ -446,14 +476,14 @@ mod tests {
     fn no_btf_at_all_is_classic_in_auto_and_an_error_in_raw() {
         let host = Fake::new("nobtf");
         host.module("kvm_amd");
-        let plan = RawPlan::decide(AttachMode::Auto, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Auto, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Classic);
         assert!(
             plan.note().starts_with("all classic: no kernel BTF ("),
             "{}",
             plan.note()
         );
-        let err = RawPlan::decide(AttachMode::Raw, &host.host()).unwrap_err();
+        let err = RawPlan::decide(AttachMode::Raw, &host.host(), false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("raw tracepoints are not possible here: no kernel BTF"),
@@ -468,7 +498,7 @@ mod tests {
         host.module("kvm")
             .module("kvm_amd")
             .btf("vmlinux", &vmlinux);
-        let plan = RawPlan::decide(AttachMode::Auto, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Auto, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Classic);
         assert!(
             plan.note()
@@ -485,14 +515,14 @@ mod tests {
         let (vmlinux, _) = kvm_btf();
         let host = Fake::new("pvm");
         host.module("kvm_pvm").btf("vmlinux", &vmlinux);
-        let plan = RawPlan::decide(AttachMode::Auto, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Auto, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Mixed);
         assert!(plan.is_raw(Group::Handlers) && !plan.is_raw(Group::Vmexit));
         assert_eq!(
             plan.note(),
             "kvm_exit/kvm_entry classic: no VMX/SVM vendor module (kvm_amd, kvm_intel) is loaded"
         );
-        assert!(RawPlan::decide(AttachMode::Raw, &host.host()).is_ok());
+        assert!(RawPlan::decide(AttachMode::Raw, &host.host(), false).is_ok());
     }
 
     #[test]
@@ -502,7 +532,7 @@ mod tests {
         host.module("kvm_amd")
             .btf("vmlinux", &vmlinux)
             .btf("kvm_amd", &kvm_amd);
-        let plan = RawPlan::decide(AttachMode::Raw, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Raw, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Raw);
         assert_eq!(plan.note(), "");
         assert_eq!(
@@ -515,19 +545,45 @@ mod tests {
         );
     }
 
+    /// Exit sites read `vmcb->save.rip` raw on SVM; on VMX the cached RIP
+    /// is stale at `kvm_exit`, so the vm-exit group goes classic there.
+    #[test]
+    fn exit_sites_find_the_guest_rip_on_svm_and_go_classic_on_vmx() {
+        let (vmlinux, kvm_amd) = kvm_btf();
+        let svm = Fake::new("svm-sites");
+        svm.module("kvm_amd")
+            .btf("vmlinux", &vmlinux)
+            .btf("kvm_amd", &kvm_amd);
+        let plan = RawPlan::decide(AttachMode::Raw, &svm.host(), true).unwrap();
+        assert_eq!(plan.attached(), Attached::Raw);
+        assert_eq!(plan.offsets.vmcb_save_rip, 16);
+        let vmx = Fake::new("vmx-sites");
+        // kvm_intel built in: its types would be vmlinux's.
+        fs::create_dir_all(vmx.0.join("module/kvm_intel")).unwrap();
+        vmx.btf("vmlinux", &vmlinux);
+        let plan = RawPlan::decide(AttachMode::Auto, &vmx.host(), true).unwrap();
+        assert!(!plan.is_raw(Group::Vmexit) && plan.is_raw(Group::Handlers));
+        assert!(
+            plan.note()
+                .contains("exit sites on VMX need the classic record's guest_rip"),
+            "{}",
+            plan.note()
+        );
+    }
+
     #[test]
     fn a_vendor_module_without_btf_keeps_vmexit_classic() {
         let (vmlinux, _) = kvm_btf();
         let host = Fake::new("svm-nobtf");
         host.module("kvm_amd").btf("vmlinux", &vmlinux);
-        let plan = RawPlan::decide(AttachMode::Auto, &host.host()).unwrap();
+        let plan = RawPlan::decide(AttachMode::Auto, &host.host(), false).unwrap();
         assert_eq!(plan.attached(), Attached::Mixed);
         assert!(
             plan.note()
                 .starts_with("kvm_exit/kvm_entry classic: kvm_amd has no BTF (")
         );
         assert!(matches!(
-            RawPlan::decide(AttachMode::Raw, &host.host()),
+            RawPlan::decide(AttachMode::Raw, &host.host(), false),
             Err(LoadError::RawUnavailable(_))
         ));
     }

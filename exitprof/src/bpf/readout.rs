@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use aya::{Ebpf, Pod};
 use exitprof_common::{
-    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, UserspaceExitStats},
+    maps::{BreakdownKey, BreakdownStats, CachedCount, ExitStats, SiteKey, UserspaceExitStats},
     reasons::{self, Isa, SLOT_VMX_OTHER},
     userspace_exit,
 };
@@ -14,7 +14,7 @@ use super::{
     maps::{array_entries, hash_entries},
 };
 use crate::model::{
-    Backend, Events, ExitRow, Snapshot,
+    Backend, Events, ExitRow, PerSecond, SiteRow, Snapshot,
     events::{EventKind, EventReader, UserspaceExitRow},
 };
 
@@ -24,47 +24,102 @@ pub const OTHER_VMX_CODE: u32 = u32::MAX;
 /// ... and SVM.
 pub const OTHER_SVM_CODE: u32 = u32::MAX - 1;
 
-/// Reads every map.
+/// Reads every map. With the per-vCPU `breakdown`, the per-reason
+/// counts and times are the sums of the per-vCPU rows of the same read,
+/// so that the two always agree (see [`reason_rows`]).
 ///
 /// # Errors
 /// When a map cannot be read.
-pub fn read(ebpf: &Ebpf, backend: Backend) -> Result<Snapshot, LoadError> {
+pub fn read(ebpf: &Ebpf, backend: Backend, breakdown: bool) -> Result<Snapshot, LoadError> {
     let mut snapshot = Snapshot::empty(backend);
-    for (slot, per_cpu) in array_entries::<ExitStats>(ebpf, "EXIT_STATS")?
-        .iter()
-        .enumerate()
-    {
-        let sum = sum_exit_stats(per_cpu);
-        if sum.count == 0 && sum.timed == 0 {
-            continue;
-        }
-        snapshot.exits.push(exit_row(
-            u32::try_from(slot).unwrap_or(u32::MAX),
-            None,
-            &sum,
-        ));
+    let stats = array_entries::<ExitStats>(ebpf, "EXIT_STATS")?;
+    let per_vcpu = if breakdown {
+        Some(hash_entries::<BreakdownKey, BreakdownStats>(
+            ebpf,
+            "EXIT_BREAKDOWN",
+        )?)
+    } else {
+        None
+    };
+    snapshot.exits = reason_rows(&stats, per_vcpu.as_deref());
+    if let Some(per_vcpu) = &per_vcpu {
+        let mut rows: Vec<ExitRow> = per_vcpu
+            .iter()
+            .map(|(key, per_cpu)| {
+                let mut row =
+                    exit_row(key.slot, Some((key.pid, key.vcpu)), &sum_breakdown(per_cpu));
+                row.hist_log2_ns.clear();
+                row
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| (r.pid, r.vcpu, r.reason));
+        snapshot.exits.extend(rows);
     }
-    let mut rows = Vec::new();
-    for (key, per_cpu) in hash_entries::<BreakdownKey, BreakdownStats>(ebpf, "EXIT_BREAKDOWN")? {
-        let mut sum = ExitStats::ZERO;
-        for v in &per_cpu {
-            sum.count += v.count;
-            sum.timed += v.timed;
-            sum.total_ns += v.total_ns;
-            sum.max_ns = sum.max_ns.max(v.max_ns);
-        }
-        let mut row = exit_row(key.slot, Some((key.pid, key.vcpu)), &sum);
-        row.hist_log2_ns.clear();
-        rows.push(row);
-    }
-    rows.sort_unstable_by_key(|r| (r.pid, r.vcpu, r.reason));
-    snapshot.exits.extend(rows);
     snapshot.events = read_events(ebpf)?;
     snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?
         .iter()
         .flatten()
         .sum();
     Ok(snapshot)
+}
+
+/// The per-reason rows. Without a breakdown they are `EXIT_STATS` summed
+/// over CPUs. With one, `EXIT_STATS` and `EXIT_BREAKDOWN` are two maps
+/// read one after the other while VMs run, so their counts would differ
+/// by the exits in between: then count, timed, total and max of a reason
+/// are the sums of its per-vCPU rows (the same read, so they agree
+/// exactly), and only the minimum and the histogram, which the breakdown
+/// does not keep, come from `EXIT_STATS`. Exits that found the breakdown
+/// map full are in `dropped`, in neither.
+#[must_use]
+pub fn reason_rows(
+    stats: &[Vec<ExitStats>],
+    breakdown: Option<&[(BreakdownKey, Vec<BreakdownStats>)]>,
+) -> Vec<ExitRow> {
+    let mut sums: Vec<ExitStats> = stats
+        .iter()
+        .map(|per_cpu| sum_exit_stats(per_cpu))
+        .collect();
+    if let Some(breakdown) = breakdown {
+        let mut derived = vec![ExitStats::ZERO; sums.len()];
+        for (key, per_cpu) in breakdown {
+            let Some(d) = derived.get_mut(key.slot as usize) else {
+                continue;
+            };
+            let b = sum_breakdown(per_cpu);
+            d.count += b.count;
+            d.timed += b.timed;
+            d.total_ns += b.total_ns;
+            d.max_ns = d.max_ns.max(b.max_ns);
+        }
+        for (sum, d) in sums.iter_mut().zip(derived) {
+            sum.count = d.count;
+            sum.timed = d.timed;
+            sum.total_ns = d.total_ns;
+            sum.max_ns = d.max_ns;
+            if d.timed == 0 {
+                sum.min_ns = 0;
+            }
+        }
+    }
+    sums.iter()
+        .enumerate()
+        .filter(|(_, sum)| sum.count > 0 || sum.timed > 0)
+        .map(|(slot, sum)| exit_row(u32::try_from(slot).unwrap_or(u32::MAX), None, sum))
+        .collect()
+}
+
+/// Sums one per-vCPU key over CPUs (as [`ExitStats`] without minimum and
+/// histogram).
+fn sum_breakdown(per_cpu: &[BreakdownStats]) -> ExitStats {
+    let mut sum = ExitStats::ZERO;
+    for v in per_cpu {
+        sum.count += v.count;
+        sum.timed += v.timed;
+        sum.total_ns += v.total_ns;
+        sum.max_ns = sum.max_ns.max(v.max_ns);
+    }
+    sum
 }
 
 /// Sums one slot over CPUs: counters add, min/max combine.
@@ -104,6 +159,38 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
         min_ns: sum.min_ns,
         max_ns: sum.max_ns,
         hist_log2_ns: sum.hist_log2_ns.to_vec(),
+        ..ExitRow::default()
+    }
+}
+
+/// Every exit site (`EXIT_SITES`) summed over CPUs, most exits first.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn read_sites(ebpf: &Ebpf) -> Result<Vec<SiteRow>, LoadError> {
+    let mut sites: Vec<SiteRow> = hash_entries::<SiteKey, BreakdownStats>(ebpf, "EXIT_SITES")?
+        .iter()
+        .map(|(key, per_cpu)| site_row(key, &sum_breakdown(per_cpu)))
+        .collect();
+    sites.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.key().cmp(&b.key())));
+    Ok(sites)
+}
+
+fn site_row(key: &SiteKey, sum: &ExitStats) -> SiteRow {
+    let row = exit_row(key.slot, None, sum);
+    SiteRow {
+        isa: row.isa,
+        reason: row.reason,
+        name: row.name,
+        pid: key.pid,
+        vm: None,
+        rip: key.rip,
+        symbol: None,
+        count: sum.count,
+        timed: sum.timed,
+        total_ns: sum.total_ns,
+        max_ns: sum.max_ns,
+        rate_per_s: PerSecond::default(),
     }
 }
 
@@ -229,6 +316,43 @@ mod tests {
         assert_eq!((s.count, s.timed, s.total_ns), (5, 4, 340));
         assert_eq!((s.min_ns, s.max_ns), (40, 200));
         assert_eq!((s.hist_log2_ns[5], s.hist_log2_ns[7]), (2, 2));
+    }
+
+    /// With a breakdown, a reason's count and times are its per-vCPU rows'
+    /// sums even when `EXIT_STATS` was read at another moment.
+    #[test]
+    fn reason_rows_are_the_sums_of_the_per_vcpu_rows() {
+        let slot = exitprof_common::reasons::slot(Isa::Svm as u32, 0x72);
+        let mut stats = vec![vec![ExitStats::ZERO; 2]; reasons::SLOTS as usize];
+        // Read first: 10 exits then; the breakdown, read later, has 13.
+        stats[slot as usize][0].count = 10;
+        stats[slot as usize][0].timed = 9;
+        stats[slot as usize][0].min_ns = 100;
+        stats[slot as usize][0].hist_log2_ns[7] = 9;
+        let key = |vcpu| BreakdownKey {
+            pid: 42,
+            vcpu,
+            slot,
+            _pad: 0,
+        };
+        let value = |count, max_ns| BreakdownStats {
+            count,
+            timed: count,
+            total_ns: count * 200,
+            max_ns,
+        };
+        let breakdown = vec![
+            (key(0), vec![value(5, 300), value(3, 900)]),
+            (key(1), vec![value(5, 400), BreakdownStats::default()]),
+        ];
+        let rows = reason_rows(&stats, Some(&breakdown));
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.name.as_str(), r.count, r.timed), ("cpuid", 13, 13));
+        assert_eq!((r.total_ns, r.min_ns, r.max_ns), (2_600, 100, 900));
+        assert_eq!(r.hist_log2_ns[7], 9, "the histogram is EXIT_STATS'");
+        let plain = reason_rows(&stats, None);
+        assert_eq!((plain[0].count, plain[0].timed), (10, 9));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: AttachMode::Auto,
         in_flight: InFlightMode::Auto,
+        sites: false,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;
     let mut times = Vec::new();

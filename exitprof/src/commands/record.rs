@@ -180,6 +180,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             in_flight: InFlightMode::Auto,
             ready_file: None,
             interval: Some(args.interval),
+            sites: false,
         })?;
         if let Some(code) = outcome.status
             && code != 0

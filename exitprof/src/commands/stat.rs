@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     bpf::{AttachMode, InFlightMode},
     cli::{parse_duration, parse_live_pid},
+    host::vmname,
     present::table,
     session::{Run, profile, signals},
 };
@@ -22,7 +23,9 @@ Examples:
   sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
       what each program costs per event with classic tracepoints
   sudo exitprof stat --ready-file /tmp/ready & while [ ! -e /tmp/ready ]; do sleep 0.1; done
-      start timing a workload only once exitprof is attached")]
+      start timing a workload only once exitprof is attached
+  sudo exitprof stat --sites --guest-symbols System.map-6.1.0-56-amd64 -- qemu-system-x86_64 ...
+      where in the guest kernel the exits come from, by function")]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "command-line flags, each its own switch"
@@ -62,6 +65,15 @@ pub struct StatArgs {
     /// 5.12+, the default where possible) or hash maps by thread id.
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
     pub in_flight: InFlightMode,
+    /// Also count exits per guest RIP and list the top sites per reason
+    /// (costs one more map update per exit; see BENCHMARKS.md).
+    #[arg(long)]
+    pub sites: bool,
+    /// Name the sites' RIPs with this guest System.map or copy of the
+    /// guest's /proc/kallsyms (implies --sites; a System.map matches a
+    /// guest kernel booted with `nokaslr`).
+    #[arg(long, value_name = "FILE")]
+    pub guest_symbols: Option<PathBuf>,
     /// Capacity of the event maps (testing drop accounting).
     #[arg(long, hide = true, value_name = "N")]
     pub map_entries: Option<u32>,
@@ -75,8 +87,13 @@ pub struct StatArgs {
 /// # Errors
 /// Loading, attaching, spawning or reading fails; each error says why.
 pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
+    let symbols = args
+        .guest_symbols
+        .as_deref()
+        .map(super::guest_symbols)
+        .transpose()?;
     signals::install();
-    let outcome = profile(&Run {
+    let mut outcome = profile(&Run {
         command: &args.command,
         pids: &args.pids,
         all: args.all,
@@ -88,7 +105,15 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         interval: None,
         in_flight: args.in_flight,
         ready_file: args.ready_file.as_deref(),
+        sites: args.sites || symbols.is_some(),
     })?;
+    let names = &outcome.names;
+    outcome
+        .snapshot
+        .name_vms(|pid| names.get(&pid).cloned().or_else(|| vmname::vm_name(pid)));
+    if let Some(symbols) = &symbols {
+        outcome.snapshot.symbolize(symbols);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&outcome.snapshot)?);
     } else {

@@ -1,6 +1,7 @@
 //! `exitprof top`: live tables of exits (the TUI), or one interval as
 //! text (`--once`, or stdout no terminal), or a JSON snapshot per interval.
 use std::{
+    collections::BTreeMap,
     io::IsTerminal as _,
     path::PathBuf,
     process::ExitCode,
@@ -10,7 +11,8 @@ use std::{
 use crate::{
     bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
-    host::{paging, procfs},
+    host::{paging, procfs, vmname},
+    model::{Snapshot, Symbols},
     present::table,
     session::{ReadyFile, signals},
     tui::{self, app::App},
@@ -23,7 +25,9 @@ Examples:
   sudo exitprof top                   live tables, refreshed every second
   sudo exitprof top -d 500ms --pid $(pidof qemu-system-x86_64)
   sudo exitprof top --once            one interval as text, like top -b -n 1
-  sudo exitprof top --json -d 2s      one JSON snapshot per interval")]
+  sudo exitprof top --json -d 2s      one JSON snapshot per interval
+  sudo exitprof top --sites --guest-symbols System.map
+                                      view 5: where in the guest the exits come from")]
 pub struct TopArgs {
     /// Refresh interval (500ms, 1s, 2s).
     #[arg(short, long, default_value = "1s", value_parser = parse_duration)]
@@ -48,6 +52,14 @@ pub struct TopArgs {
     /// Where vCPU threads' exits in flight are kept (see `stat`).
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
     pub in_flight: InFlightMode,
+    /// Also count exits per guest RIP (view 5; costs one more map update
+    /// per exit, see BENCHMARKS.md).
+    #[arg(long)]
+    pub sites: bool,
+    /// Name the sites' RIPs with this guest System.map or copy of the
+    /// guest's /proc/kallsyms (implies --sites).
+    #[arg(long, value_name = "FILE")]
+    pub guest_symbols: Option<PathBuf>,
     /// Load test of exitprof itself: fill the per-vCPU map with this many
     /// synthetic vCPUs × 30 reasons before starting.
     #[arg(long, hide = true, value_name = "VCPUS")]
@@ -59,6 +71,11 @@ pub struct TopArgs {
 /// # Errors
 /// Loading, reading or the terminal fails; each error says why.
 pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
+    let symbols = args
+        .guest_symbols
+        .as_deref()
+        .map(super::guest_symbols)
+        .transpose()?;
     let filter = if args.pids.is_empty() {
         Filter::All
     } else {
@@ -71,11 +88,14 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: args.attach,
         in_flight: args.in_flight,
+        sites: args.sites || symbols.is_some(),
     })?;
     let _ready = ReadyFile::announce(args.ready_file.as_deref())?;
+    let mut names = BTreeMap::new();
+    let symbols = symbols.as_ref();
     if args.json {
         signals::install();
-        return stream_json(&profiler, args.delay);
+        return stream_json(&mut || read(&profiler, &mut names, symbols), args.delay);
     }
     if args.once || !std::io::stdout().is_terminal() {
         signals::install();
@@ -85,24 +105,28 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("pid {:?}", args.pids)
         };
-        print!("{}", table::render(&profiler.snapshot()?, &scope));
+        print!(
+            "{}",
+            table::render(&read(&profiler, &mut names, symbols)?, &scope)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let app = App::new(
-        profiler.snapshot()?,
+    let mut app = App::new(
+        read(&profiler, &mut names, symbols)?,
         procfs::hostname(),
         paging::paging_label(),
     );
+    app.sites_counted = args.sites || symbols.is_some();
     if let Some(vcpus) = args.load_test_vcpus {
         // After the baseline, so the synthetic rows show as new exits.
         profiler.fill_breakdown_for_load_test(vcpus * 30)?;
     }
     let mut terminal = ratatui::init();
     let result = runtime.block_on(tui::run(&mut terminal, app, args.delay, || {
-        Ok(profiler.snapshot()?)
+        read(&profiler, &mut names, symbols)
     }));
     // Restored on every path out of `run`, errors included (and by
     // ratatui's panic hook on a panic).
@@ -118,15 +142,47 @@ fn sleep_unless_signalled(total: Duration) {
     }
 }
 
-fn stream_json(profiler: &Profiler, delay: Duration) -> anyhow::Result<ExitCode> {
-    let mut previous = profiler.snapshot()?;
+fn stream_json(
+    read: &mut impl FnMut() -> anyhow::Result<Snapshot>,
+    delay: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut previous = read()?;
     loop {
         sleep_unless_signalled(delay);
         if signals::received().is_some() {
             return Ok(ExitCode::SUCCESS);
         }
-        let now = profiler.snapshot()?;
+        let now = read()?;
         println!("{}", serde_json::to_string(&now.since(&previous))?);
         previous = now;
     }
+}
+
+/// A snapshot with its VMs named (`host::vmname`, read once per new pid
+/// and kept in `names`, so a VM that ended keeps its name) and its sites'
+/// RIPs symbolized.
+fn read(
+    profiler: &Profiler,
+    names: &mut BTreeMap<u32, String>,
+    symbols: Option<&Symbols>,
+) -> anyhow::Result<Snapshot> {
+    let mut snapshot = profiler.snapshot()?;
+    let pids: Vec<u32> = snapshot
+        .exits
+        .iter()
+        .filter_map(|r| r.pid)
+        .chain(snapshot.sites.iter().map(|s| s.pid))
+        .collect();
+    for pid in pids {
+        if !names.contains_key(&pid)
+            && let Some(name) = vmname::vm_name(pid)
+        {
+            names.insert(pid, name);
+        }
+    }
+    snapshot.name_vms(|pid| names.get(&pid).cloned());
+    if let Some(symbols) = symbols {
+        snapshot.symbolize(symbols);
+    }
+    Ok(snapshot)
 }

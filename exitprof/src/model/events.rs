@@ -9,6 +9,8 @@
 use exitprof_common::events::{CpuidKey, EventKey, EventOffsets, MmioKey, MsrKey, PioKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::per_second::PerSecond;
+
 /// What a raw tracepoint program reads of one argument of the tracepoint's
 /// prototype; the loader checks it against the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,10 @@ pub trait EventKind: Clone + PartialEq + Serialize + DeserializeOwned {
     fn count(&self) -> u64;
     /// Sets the events of this key.
     fn set_count(&mut self, count: u64);
+    /// Events per second over the snapshot's interval.
+    fn rate(&self) -> PerSecond;
+    /// Sets the rate ([`crate::model::Snapshot::fill_rates`]).
+    fn set_rate(&mut self, rate: PerSecond);
     /// Whether `other` counts the same key.
     fn same_key(&self, other: &Self) -> bool;
 }
@@ -69,7 +75,8 @@ fn direction(write: bool) -> &'static str {
     if write { "write" } else { "read" }
 }
 
-/// Implements the count accessors of a row with a `count` field.
+/// Implements the count and rate accessors of a row with `count` and
+/// `rate_per_s` fields.
 macro_rules! count_field {
     () => {
         fn count(&self) -> u64 {
@@ -77,6 +84,12 @@ macro_rules! count_field {
         }
         fn set_count(&mut self, count: u64) {
             self.count = count;
+        }
+        fn rate(&self) -> PerSecond {
+            self.rate_per_s
+        }
+        fn set_rate(&mut self, rate: PerSecond) {
+            self.rate_per_s = rate;
         }
     };
 }
@@ -91,6 +104,9 @@ pub struct CpuidRow {
     pub subleaf: Option<u32>,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for CpuidRow {
@@ -114,6 +130,7 @@ impl EventKind for CpuidRow {
             leaf: k.leaf,
             subleaf: Some(k.subleaf),
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -136,6 +153,9 @@ pub struct PioRow {
     pub size: u8,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for PioRow {
@@ -161,6 +181,7 @@ impl EventKind for PioRow {
             write: k.write != 0,
             size: k.size,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -182,6 +203,9 @@ pub struct MmioRow {
     pub write: bool,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for MmioRow {
@@ -202,6 +226,7 @@ impl EventKind for MmioRow {
             gpa: k.gpa,
             write: k.write != 0,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -222,6 +247,9 @@ pub struct MsrRow {
     pub write: bool,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for MsrRow {
@@ -242,6 +270,7 @@ impl EventKind for MsrRow {
             index: k.index,
             write: k.write != 0,
             count,
+            ..Self::default()
         }
     }
     fn label(&self) -> String {
@@ -260,6 +289,9 @@ pub struct HypercallRow {
     pub nr: u64,
     /// Events.
     pub count: u64,
+    /// Events per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl EventKind for HypercallRow {
@@ -276,7 +308,11 @@ impl EventKind for HypercallRow {
         cache: None,
     };
     fn from_key(nr: &u64, count: u64) -> Self {
-        Self { nr: *nr, count }
+        Self {
+            nr: *nr,
+            count,
+            ..Self::default()
+        }
     }
     fn label(&self) -> String {
         format!("{:#x}", self.nr)
@@ -305,12 +341,21 @@ pub struct UserspaceExitRow {
     pub roundtrip_total_ns: u64,
     /// Longest round trip.
     pub roundtrip_max_ns: u64,
+    /// Returns to user space per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 /// Something done with each kind's rows, in table order.
 pub trait EventVisitor {
     /// Called once per kind.
     fn rows<K: EventKind>(&mut self, rows: &[K]);
+}
+
+/// Something done to each kind's rows, in table order.
+pub trait EventVisitorMut {
+    /// Called once per kind.
+    fn rows<K: EventKind>(&mut self, rows: &mut [K]);
 }
 
 /// Where a snapshot's rows of each kind come from (the readout).
@@ -350,6 +395,11 @@ macro_rules! event_kinds {
             /// Calls `visitor` with each kind's rows.
             pub fn each(&self, visitor: &mut impl EventVisitor) {
                 $(visitor.rows(&self.$field);)+
+            }
+
+            /// Calls `visitor` with each kind's rows, to change them.
+            pub fn each_mut(&mut self, visitor: &mut impl EventVisitorMut) {
+                $(visitor.rows(&mut self.$field);)+
             }
 
             /// Reads every kind from `reader`.
@@ -508,6 +558,7 @@ mod tests {
             write: true,
             size: 1,
             count,
+            ..Default::default()
         };
         let a = Events {
             pio: vec![row(0xe9, 5), row(0xf4, 1)],

@@ -4,12 +4,17 @@
 //! README.md ("JSON"): add fields, never rename.
 pub mod comparison;
 pub mod events;
+pub mod per_second;
+pub mod rates;
 pub mod recording;
+pub mod sites;
 pub mod snapshot;
 pub mod status;
 
 pub use events::Events;
 #[cfg(test)]
 pub use events::{CpuidRow, PioRow, UserspaceExitRow};
+pub use per_second::PerSecond;
+pub use sites::{SiteRow, Symbols};
 pub use snapshot::{ExitRow, ProgramCost, Snapshot};
 pub use status::{Attached, Backend, MirrorState};

@@ -5,6 +5,8 @@ use exitprof_common::Isa;
 use serde::{Deserialize, Serialize};
 
 use super::events::Events;
+use super::per_second::PerSecond;
+use super::sites::{SiteRow, Symbols};
 use super::status::{Attached, Backend, MirrorState, isa_name};
 
 /// One snapshot of every counter.
@@ -41,6 +43,17 @@ pub struct Snapshot {
     /// exitprof's own cost per program (with `--cost`; kernel BPF stats).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramCost>,
+    /// Exits per second over `interval_ns`; absent where `kvm_exit` cannot
+    /// fire (`vmexit_available` false), never a zero that means "cannot".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits_per_s: Option<PerSecond>,
+    /// Exit-handler events (every kind of `events`, userspace exits not
+    /// included) per second over `interval_ns`.
+    #[serde(default)]
+    pub events_per_s: PerSecond,
+    /// Exit sites (with `--sites`): exits by (VM, reason, guest RIP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteRow>,
 }
 
 /// What one of exitprof's programs cost, from the kernel's BPF statistics.
@@ -91,6 +104,12 @@ pub struct ExitRow {
     pub max_ns: u64,
     /// log2 histogram: bucket i counts durations in [2^i, 2^(i+1)) ns.
     pub hist_log2_ns: Vec<u64>,
+    /// The VM's name (`host::vmname`), in a per-process breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// Exits per second over the snapshot's interval.
+    #[serde(default)]
+    pub rate_per_s: PerSecond,
 }
 
 impl Default for ExitRow {
@@ -107,6 +126,8 @@ impl Default for ExitRow {
             min_ns: 0,
             max_ns: 0,
             hist_log2_ns: Vec::new(),
+            vm: None,
+            rate_per_s: PerSecond::default(),
         }
     }
 }
@@ -199,7 +220,43 @@ impl Snapshot {
             })
             .collect();
         out.events = self.events.since(&earlier.events);
+        let sites_before: std::collections::HashMap<_, &SiteRow> =
+            earlier.sites.iter().map(|s| (s.key(), s)).collect();
+        out.sites = self
+            .sites
+            .iter()
+            .filter_map(|site| {
+                let mut site = site.clone();
+                if let Some(b) = sites_before.get(&site.key()) {
+                    site.count = site.count.saturating_sub(b.count);
+                    site.timed = site.timed.saturating_sub(b.timed);
+                    site.total_ns = site.total_ns.saturating_sub(b.total_ns);
+                }
+                (site.count > 0 || site.timed > 0).then_some(site)
+            })
+            .collect();
+        out.fill_rates();
         out
+    }
+
+    /// Names the VMs of the rows with a pid (per-vCPU rows and sites) from
+    /// `name`, which knows the names of VM processes (`host::vmname`).
+    pub fn name_vms(&mut self, name: impl Fn(u32) -> Option<String>) {
+        for row in &mut self.exits {
+            if let Some(pid) = row.pid {
+                row.vm = name(pid);
+            }
+        }
+        for site in &mut self.sites {
+            site.vm = name(site.pid);
+        }
+    }
+
+    /// Names each site's RIP with `symbols` (`--guest-symbols`).
+    pub fn symbolize(&mut self, symbols: &Symbols) {
+        for site in &mut self.sites {
+            site.symbol = symbols.lookup(site.rip);
+        }
     }
 }
 
@@ -233,6 +290,7 @@ mod tests {
             write: true,
             size: 1,
             count: 5,
+            ..Default::default()
         }];
         a.dropped = 1;
         let mut b = a.clone();
@@ -265,6 +323,7 @@ mod tests {
             leaf: 0,
             subleaf: Some(0),
             count: 7,
+            ..Default::default()
         }];
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         for key in ["backend", "interval_ns", "exits", "events", "dropped"] {
@@ -334,33 +393,54 @@ pub(crate) mod contract {
                 min_ns: 0,
                 max_ns: 2_000,
                 hist_log2_ns: vec![],
+                vm: Some("web1".into()),
+                ..ExitRow::default()
             },
         ];
+        s.sites = vec![SiteRow {
+            isa: Isa::Svm,
+            reason: 0x72,
+            name: "cpuid".into(),
+            pid: 4242,
+            vm: Some("web1".into()),
+            rip: 0xffff_ffff_8103_6a32,
+            symbol: Some("native_cpuid+0x12".into()),
+            count: 3,
+            timed: 3,
+            total_ns: 4_000,
+            max_ns: 2_000,
+            rate_per_s: PerSecond::default(),
+        }];
         s.events = Events {
             cpuid: vec![CpuidRow {
                 leaf: 0x4fff_fffd,
                 subleaf: Some(0x72),
                 count: 3,
+                ..Default::default()
             }],
             pio: vec![PioRow {
                 port: 0xe9,
                 write: true,
                 size: 1,
                 count: 5,
+                ..Default::default()
             }],
             mmio: vec![MmioRow {
                 gpa: 0xd000_0000,
                 write: false,
                 count: 2,
+                ..Default::default()
             }],
             msr: vec![MsrRow {
                 index: 0x8b,
                 write: true,
                 count: 1,
+                ..Default::default()
             }],
             hypercall: vec![HypercallRow {
                 nr: 0x283,
                 count: 1,
+                ..Default::default()
             }],
             userspace_exit: vec![UserspaceExitRow {
                 reason: 2,
@@ -369,6 +449,7 @@ pub(crate) mod contract {
                 roundtrips: 5,
                 roundtrip_total_ns: 50_000,
                 roundtrip_max_ns: 20_000,
+                ..Default::default()
             }],
         };
         s.dropped = 7;
@@ -377,6 +458,7 @@ pub(crate) mod contract {
             run_count: 3,
             run_time_ns: 300,
         }];
+        s.fill_rates();
         s
     }
 

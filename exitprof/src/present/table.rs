@@ -1,13 +1,15 @@
 //! The human tables of `exitprof stat` (and `top --once`): VM exits like
-//! `perf kvm stat report`, then the exit-handler events.
+//! `perf kvm stat report`, the exit sites, then the exit-handler events
+//! (under their exit reasons where exits are seen).
 use std::fmt::Write as _;
 
 use crate::{
-    model::{
-        Snapshot,
-        events::{EventKind, EventVisitor},
+    model::{PerSecond, SiteRow, Snapshot},
+    present::{
+        duration,
+        events::{USERSPACE_TITLE, event_groups},
+        exit_columns, percent,
     },
-    present::{duration, exit_columns},
 };
 
 /// Renders `snapshot` as the `stat` report. `scope` says what was counted
@@ -23,6 +25,7 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
         duration(snapshot.interval_ns),
         snapshot.attach_mode.name(),
     );
+    let _ = writeln!(out, "rates: {}", rates_line(snapshot));
     if let Some(note) = snapshot.backend.vmexit_note() {
         let _ = writeln!(out, "note: {note}");
     }
@@ -36,6 +39,7 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     if snapshot.vmexit_available {
         render_exits(&mut out, snapshot);
     }
+    render_sites(&mut out, snapshot, SITES_PER_REASON);
     render_events(&mut out, snapshot);
     if !snapshot.programs.is_empty() {
         let _ = writeln!(
@@ -59,6 +63,29 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
     out
 }
 
+/// `12.5 exits/s, 3.0 events/s`; where exits cannot be seen, only events.
+#[must_use]
+pub fn rates_line(snapshot: &Snapshot) -> String {
+    let events = format!("{} events/s", rate(snapshot.events_per_s));
+    match snapshot.exits_per_s {
+        Some(exits) => format!("{} exits/s, {events}", rate(exits)),
+        None => events,
+    }
+}
+
+/// A rate for a table: whole numbers from 100/s, one decimal from 1/s,
+/// two below (a rare event is not "0").
+#[must_use]
+pub fn rate(r: PerSecond) -> String {
+    if r.0 >= 100.0 {
+        format!("{:.0}", r.0)
+    } else if r.0 >= 1.0 {
+        format!("{:.1}", r.0)
+    } else {
+        format!("{:.2}", r.0)
+    }
+}
+
 fn render_exits(out: &mut String, snapshot: &Snapshot) {
     let total = snapshot.total_exits();
     let total_ns = snapshot.total_exit_ns();
@@ -66,23 +93,25 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
     rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
     let _ = writeln!(
         out,
-        "{:<28} {:>10} {:>8} {:>11} {:>8} {:>10} {:>10} {:>10}",
-        "VM-EXIT", "COUNT", "COUNT%", "TIME", "TIME%", "AVG", "MIN", "MAX"
+        "{:<28} {:>10} {:>10} {:>8} {:>11} {:>8} {:>10} {:>10} {:>10}",
+        "VM-EXIT", "COUNT", "RATE/s", "COUNT%", "TIME", "TIME%", "AVG", "MIN", "MAX"
     );
     for r in &rows {
         let label = format!("{} ({:#x})", r.name, r.reason);
         let [count_pct, time, time_pct, avg, min, max] = exit_columns(r, total, total_ns);
         let _ = writeln!(
             out,
-            "{label:<28} {:>10} {count_pct:>8} {time:>11} {time_pct:>8} {avg:>10} {min:>10} {max:>10}",
+            "{label:<28} {:>10} {:>10} {count_pct:>8} {time:>11} {time_pct:>8} {avg:>10} {min:>10} {max:>10}",
             r.count,
+            rate(r.rate_per_s),
         );
     }
     let _ = writeln!(
         out,
-        "{:<28} {:>10} {:>8} {:>11}\n",
+        "{:<28} {:>10} {:>10} {:>8} {:>11}\n",
         "total",
         total,
+        snapshot.exits_per_s.map(rate).unwrap_or_default(),
         "",
         duration(total_ns)
     );
@@ -90,14 +119,15 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
     if !breakdown.is_empty() {
         let _ = writeln!(
             out,
-            "{:>8} {:>5} {:<28} {:>10} {:>11} {:>10}",
-            "PID", "VCPU", "VM-EXIT", "COUNT", "TIME", "AVG"
+            "{:>8} {:<16} {:>5} {:<28} {:>10} {:>11} {:>10}",
+            "PID", "VM", "VCPU", "VM-EXIT", "COUNT", "TIME", "AVG"
         );
         for r in breakdown {
             let _ = writeln!(
                 out,
-                "{:>8} {:>5} {:<28} {:>10} {:>11} {:>10}",
+                "{:>8} {:<16} {:>5} {:<28} {:>10} {:>11} {:>10}",
                 r.pid.unwrap_or_default(),
+                r.vm.as_deref().unwrap_or("-"),
                 r.vcpu.unwrap_or_default(),
                 format!("{} ({:#x})", r.name, r.reason),
                 r.count,
@@ -109,38 +139,105 @@ fn render_exits(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
-/// The exit-handler event tables (also the TUI's events view): one per
-/// kind of the event-kind table, then the userspace exits.
-pub fn render_events(out: &mut String, snapshot: &Snapshot) {
-    struct Tables<'a>(&'a mut String);
-    impl EventVisitor for Tables<'_> {
-        fn rows<K: EventKind>(&mut self, rows: &[K]) {
-            let _ = writeln!(self.0, "{:<36} {:>10}", K::TITLE, "COUNT");
-            for r in rows {
-                let _ = writeln!(self.0, "{:<36} {:>10}", r.label(), r.count());
-            }
-            self.0.push('\n');
-        }
+/// Sites shown per reason in the `stat` report.
+pub const SITES_PER_REASON: usize = 10;
+
+/// The exit sites (`--sites`): per reason, the `per_reason` sites with the
+/// most exits, each with its share of the reason's sites.
+pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
+    if snapshot.sites.is_empty() {
+        return;
     }
-    let e = &snapshot.events;
-    e.each(&mut Tables(out));
     let _ = writeln!(
         out,
-        "{:<36} {:>10} {:>12} {:>12}",
-        "USERSPACE EXIT", "COUNT", "AVG VMM RT", "MAX VMM RT"
+        "{:<44} {:<16} {:>10} {:>10} {:>8} {:>11} {:>10}",
+        "EXIT SITE (GUEST RIP)", "VM", "COUNT", "RATE/s", "COUNT%", "TIME", "AVG"
     );
-    for r in &e.userspace_exit {
-        let avg = r.roundtrip_total_ns.checked_div(r.roundtrips).unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{:<36} {:>10} {:>12} {:>12}",
-            r.name,
-            r.count,
-            duration(avg),
-            duration(r.roundtrip_max_ns)
-        );
+    let mut reasons: Vec<(String, u64)> = Vec::new();
+    for s in &snapshot.sites {
+        let label = format!("{} ({:#x})", s.name, s.reason);
+        match reasons.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += s.count,
+            None => reasons.push((label, s.count)),
+        }
+    }
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (label, total) in &reasons {
+        let mut sites: Vec<&SiteRow> = snapshot
+            .sites
+            .iter()
+            .filter(|s| format!("{} ({:#x})", s.name, s.reason) == *label)
+            .collect();
+        sites.sort_by(|a, b| b.count.cmp(&a.count).then(a.key().cmp(&b.key())));
+        let _ = writeln!(out, "{label:<44} {:<16} {total:>10}", "");
+        for s in sites.iter().take(per_reason) {
+            let _ = writeln!(
+                out,
+                "{:<44} {:<16} {:>10} {:>10} {:>8} {:>11} {:>10}",
+                site_label(s),
+                s.vm.as_deref().unwrap_or("-"),
+                s.count,
+                rate(s.rate_per_s),
+                percent(s.count, *total),
+                duration(s.total_ns),
+                duration(s.avg_ns()),
+            );
+        }
+        if sites.len() > per_reason {
+            let rest: u64 = sites[per_reason..].iter().map(|s| s.count).sum();
+            let _ = writeln!(
+                out,
+                "  ({} more sites, {rest} exits)",
+                sites.len() - per_reason
+            );
+        }
     }
     out.push('\n');
+}
+
+/// `  0xffffffff81001012 native_cpuid+0x12`, or the RIP alone.
+#[must_use]
+pub fn site_label(site: &SiteRow) -> String {
+    match &site.symbol {
+        Some(symbol) => format!("  {:#018x} {symbol}", site.rip),
+        None => format!("  {:#018x}", site.rip),
+    }
+}
+
+/// The exit-handler event tables (one per kind of the event-kind table,
+/// under its exit reason where exits are seen), then the userspace exits.
+pub fn render_events(out: &mut String, snapshot: &Snapshot) {
+    for group in event_groups(snapshot) {
+        if group.title == USERSPACE_TITLE {
+            let _ = writeln!(
+                out,
+                "{:<44} {:>10} {:>10} {:>12} {:>12}",
+                group.title, "COUNT", "RATE/s", "AVG VMM RT", "MAX VMM RT"
+            );
+            for l in &group.lines {
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:>10} {:>10} {:>12} {:>12}",
+                    l.label,
+                    l.count,
+                    rate(l.rate),
+                    duration(l.avg_ns()),
+                    duration(l.max_ns())
+                );
+            }
+            out.push('\n');
+            continue;
+        }
+        let title = match &group.parent {
+            Some(p) => format!("{} under {}", group.title, p.label),
+            None => group.title.to_owned(),
+        };
+        let _ = writeln!(out, "{title:<44} {:>10} {:>10}", "COUNT", "RATE/s");
+        for l in &group.lines {
+            let _ = writeln!(out, "{:<44} {:>10} {:>10}", l.label, l.count, rate(l.rate));
+        }
+        out.push('\n');
+    }
 }
 
 #[cfg(test)]
@@ -183,12 +280,14 @@ mod tests {
             leaf: 0,
             subleaf: Some(0),
             count: 3,
+            ..Default::default()
         }];
         s.events.pio = vec![PioRow {
             port: 0xe9,
             write: true,
             size: 1,
             count: 7,
+            ..Default::default()
         }];
         s.events.userspace_exit = vec![UserspaceExitRow {
             reason: 2,
@@ -197,7 +296,9 @@ mod tests {
             roundtrips: 7,
             roundtrip_total_ns: 7_000,
             roundtrip_max_ns: 2_500,
+            ..Default::default()
         }];
+        s.fill_rates();
         s
     }
 
@@ -206,32 +307,87 @@ mod tests {
         let text = render(&snapshot(), "all processes");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            lines[0],
-            "exitprof: backend svm, all processes counted over 1.50 s (classic tracepoints)"
+            lines[..8],
+            [
+                "exitprof: backend svm, all processes counted over 1.50 s (classic tracepoints)",
+                "rates: 2.7 exits/s, 6.7 events/s",
+                "",
+                "VM-EXIT                           COUNT     RATE/s   COUNT%        TIME    TIME%        AVG        MIN        MAX",
+                "cpuid (0x72)                          3        2.0   75.00%     3.00 us   50.00%    1.00 us     500 ns    2.00 us",
+                "hlt (0x78)                            1       0.67   25.00%     3.00 us   50.00%    3.00 us    3.00 us    3.00 us",
+                "total                                 4        2.7              6.00 us",
+                "",
+            ]
         );
-        assert_eq!(lines[1], "");
-        assert_eq!(
-            lines[2],
-            "VM-EXIT                           COUNT   COUNT%        TIME    TIME%        AVG        MIN        MAX"
+        // The events drill down under their exit reason where it is seen.
+        assert!(
+            text.contains(
+                "\nCPUID LEAF/SUBLEAF under cpuid (0x72)             COUNT     RATE/s\n\
+             0x00000000/0x0                                        3        2.0\n"
+            ),
+            "{text}"
         );
-        assert_eq!(
-            lines[3],
-            "cpuid (0x72)                          3   75.00%     3.00 us   50.00%    1.00 us     500 ns    2.00 us"
+        assert!(
+            text.contains(
+                "\nI/O PORT                                          COUNT     RATE/s\n\
+             0x00e9 out 1B                                         7        4.7\n"
+            ),
+            "{text}"
         );
-        assert_eq!(
-            lines[4],
-            "hlt (0x78)                            1   25.00%     3.00 us   50.00%    3.00 us    3.00 us    3.00 us"
-        );
-        assert_eq!(
-            lines[5],
-            "total                                 4              6.00 us"
-        );
-        assert!(text.contains("\n0x00000000/0x0                                3\n"));
-        assert!(text.contains("\n0x00e9 out 1B                                 7\n"));
         assert!(text.contains(
-            "\nIO                                            7      1.00 us      2.50 us\n"
-        ));
+            "\nIO                                                    7        4.7      1.00 us      2.50 us\n"
+        ), "{text}");
         assert!(text.ends_with("dropped: 0\n"));
+    }
+
+    #[test]
+    fn per_vcpu_rows_and_sites_name_their_vm() {
+        let mut s = snapshot();
+        s.exits.push(ExitRow {
+            isa: Isa::Svm,
+            reason: 0x72,
+            name: "cpuid".into(),
+            pid: Some(4242),
+            vcpu: Some(1),
+            count: 3,
+            timed: 3,
+            total_ns: 3_000,
+            vm: Some("web1".into()),
+            ..ExitRow::default()
+        });
+        let site = |rip, count, symbol: Option<&str>| SiteRow {
+            isa: Isa::Svm,
+            reason: 0x72,
+            name: "cpuid".into(),
+            pid: 4242,
+            vm: Some("web1".into()),
+            rip,
+            symbol: symbol.map(Into::into),
+            count,
+            timed: count,
+            total_ns: count * 1_000,
+            max_ns: 1_000,
+            rate_per_s: PerSecond::default(),
+        };
+        s.sites = vec![
+            site(0xffff_ffff_8103_6a32, 2, Some("native_cpuid+0x12")),
+            site(0x40_1000, 1, None),
+        ];
+        s.fill_rates();
+        let text = render(&s, "all processes");
+        assert!(text.contains(
+            "\n     PID VM                VCPU VM-EXIT                           COUNT        TIME        AVG\n\
+             \x20   4242 web1                 1 cpuid (0x72)                          3     3.00 us    1.00 us\n"
+        ), "{text}");
+        assert!(text.contains(
+            "\nEXIT SITE (GUEST RIP)                        VM                    COUNT     RATE/s   COUNT%        TIME        AVG\n\
+             cpuid (0x72)                                                           3\n\
+             \x20 0xffffffff81036a32 native_cpuid+0x12       web1                      2        1.3   66.67%     2.00 us    1.00 us\n\
+             \x20 0x0000000000401000                         web1                      1       0.67   33.33%     1.00 us    1.00 us\n"
+        ), "{text}");
+        let mut few = String::new();
+        render_sites(&mut few, &s, 1);
+        assert!(few.contains("\n  (1 more sites, 1 exits)\n"), "{few}");
     }
 
     #[test]
@@ -242,7 +398,7 @@ mod tests {
         let text = render(&s, "all processes");
         assert!(
             text.contains(
-                "\nhlt (0x78)                            1   25.00%           -    0.00%          -          -          -\n"
+                "\nhlt (0x78)                            1       0.67   25.00%           -    0.00%          -          -          -\n"
             ),
             "{text}"
         );
@@ -254,11 +410,19 @@ mod tests {
         s.backend = Backend::Pvm;
         s.vmexit_available = false;
         s.exits.clear();
+        s.fill_rates();
         let text = render(&s, "pid 42 and its children");
-        assert!(text.lines().nth(1).unwrap().starts_with(
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1], "rates: 6.7 events/s",
+            "no exit rate where none can be seen"
+        );
+        assert!(lines[2].starts_with(
             "note: this host's KVM backend is PVM: kvm_exit/kvm_entry are not emitted there"
         ));
         assert!(!text.contains("VM-EXIT"));
-        assert!(text.contains("CPUID LEAF/SUBLEAF"));
+        assert!(
+            text.contains("\nCPUID LEAF/SUBLEAF                                COUNT     RATE/s\n")
+        );
     }
 }

@@ -6,17 +6,23 @@ mod child;
 pub mod signals;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use crate::{
     bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
+    host::vmname,
     model::Snapshot,
 };
 use child::GatedChild;
 
 /// What to profile, and for how long.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the switches of one run, each its own command-line flag"
+)]
 pub struct Run<'a> {
     /// Command to run and count (its process tree unless `all`).
     pub command: &'a [String],
@@ -36,6 +42,8 @@ pub struct Run<'a> {
     pub attach: AttachMode,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
+    /// Count exits per guest RIP too (exit sites).
+    pub sites: bool,
     /// Task storage or hash maps for what vCPU threads have in flight.
     pub in_flight: InFlightMode,
     /// Written once every program is attached, removed once detached.
@@ -86,7 +94,13 @@ pub struct Outcome {
     pub status: Option<i32>,
     /// What was counted, for people.
     pub scope: String,
+    /// The names of the VMs of tracked processes (`host::vmname`), read
+    /// while they ran: a VMM that exited has no `/proc` entry left.
+    pub names: BTreeMap<u32, String>,
 }
+
+/// How often the names of tracked processes are read while they run.
+const NAME_EVERY: Duration = Duration::from_millis(200);
 
 /// Attaches, runs the command (held before exec until it is tracked),
 /// waits for it, the duration or SIGINT/SIGTERM, and reads the maps. The
@@ -111,6 +125,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         cost: run.cost,
         attach: run.attach,
         in_flight: run.in_flight,
+        sites: run.sites,
     })?;
     if !profiler.measures_roundtrips() {
         eprintln!(
@@ -142,7 +157,18 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     let mut next_interval = run.interval.map(|i| started + i);
     let mut intervals = Vec::new();
     let mut status = None;
+    let mut names = BTreeMap::new();
+    let mut next_names = started;
     loop {
+        if (tracked_command || !run.pids.is_empty()) && Instant::now() >= next_names {
+            // Names change at exec: the last one read is the one kept.
+            for pid in profiler.tracked_pids() {
+                if let Some(name) = vmname::vm_name(pid) {
+                    names.insert(pid, name);
+                }
+            }
+            next_names += NAME_EVERY;
+        }
         if let Some(c) = child.as_mut()
             && let Some(s) = c.try_wait()?
         {
@@ -174,5 +200,6 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         intervals,
         status,
         scope,
+        names,
     })
 }

@@ -1,13 +1,17 @@
 //! The state of `exitprof top` and the one place it changes (`update`).
-//! No terminal, no maps: snapshots come in as `Action::Data`.
+//! No terminal, no maps: snapshots come in as `Action::Data`. The rows of
+//! the events and sites views are in `lines.rs`.
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::model::{ExitRow, Snapshot};
+use crate::{
+    model::{ExitRow, SiteRow, Snapshot},
+    present::events::event_groups,
+};
 
-/// Points of rate history kept per reason (the sparkline's width).
+/// Points of rate history kept per key (the sparkline's width).
 pub const HISTORY: usize = 16;
 
-/// The views, in key order 1..=4.
+/// The views, in key order 1..=5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
     /// Exit reasons.
@@ -18,11 +22,19 @@ pub enum View {
     Vcpus,
     /// Latency histogram of the selected reason.
     Histogram,
+    /// Exit sites (guest RIPs) of the selected reason.
+    Sites,
 }
 
 impl View {
     /// All views, in order.
-    pub const ALL: [Self; 4] = [Self::Exits, Self::Events, Self::Vcpus, Self::Histogram];
+    pub const ALL: [Self; 5] = [
+        Self::Exits,
+        Self::Events,
+        Self::Vcpus,
+        Self::Histogram,
+        Self::Sites,
+    ];
 
     /// Tab title.
     #[must_use]
@@ -32,18 +44,19 @@ impl View {
             Self::Events => "2 events",
             Self::Vcpus => "3 vcpus",
             Self::Histogram => "4 histogram",
+            Self::Sites => "5 sites",
         }
     }
 }
 
-/// Sort keys of the exit table, cycled with `s`.
+/// Sort keys of every table (exits, events, sites), cycled with `s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortBy {
-    /// Exits since the baseline.
+    /// Count since the baseline.
     Count,
-    /// Exits per second in the last interval.
+    /// Per second in the last interval.
     Rate,
-    /// Time in exits.
+    /// Time (in exits; for userspace exits, in the VMM).
     Time,
     /// Mean duration.
     Avg,
@@ -97,8 +110,6 @@ pub enum Input {
 pub enum Action {
     /// A new cumulative snapshot.
     Data(Box<Snapshot>),
-    /// Command names of VMM processes (pid → comm).
-    ProcessNames(BTreeMap<u32, String>),
     /// Quit.
     Quit,
     /// Show this view.
@@ -129,6 +140,10 @@ pub enum Action {
 
 /// The whole state of the TUI.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of the view (pause, help, quit, sites)"
+)]
 pub struct App {
     /// Latest cumulative snapshot.
     pub latest: Snapshot,
@@ -139,7 +154,9 @@ pub struct App {
     shown: Snapshot,
     /// The snapshot before `latest` (rates are the difference).
     pub previous: Option<Snapshot>,
-    /// Exits/s per reason name, oldest first.
+    /// Per second, oldest first: of exits by reason name, of handler
+    /// events by `EventLine::key`, of per-vCPU rows by [`vcpu_key`], of
+    /// sites by [`site_key`].
     pub history: BTreeMap<String, VecDeque<u64>>,
     /// Current view.
     pub view: View,
@@ -150,12 +167,15 @@ pub struct App {
     /// Regular expression a reason name must match (a plain substring
     /// while it does not compile).
     pub reason_filter: String,
-    /// The VM to show: a pid, or a substring of the VMM's command name.
+    /// The VM to show: a pid, or a substring of the VM's name.
     /// The exit and vCPU views then show only that VM's exits.
     pub pid_filter: String,
-    /// Command names of the VMM processes seen (pid → comm), kept by the
-    /// loop (drawing does no I/O).
-    pub comms: BTreeMap<u32, String>,
+    /// Names of the VMs seen, by their VMM's pid (`host::vmname`: from
+    /// the VMM's command line, or its comm), as the snapshots' rows carry
+    /// them (drawing does no I/O).
+    pub names: BTreeMap<u32, String>,
+    /// Whether exit sites are counted (`top --sites`).
+    pub sites_counted: bool,
     /// What typing goes to.
     pub input: Input,
     /// Data is ignored while paused.
@@ -193,7 +213,8 @@ impl App {
             selected: 0,
             reason_filter: String::new(),
             pid_filter: String::new(),
-            comms: BTreeMap::new(),
+            names: BTreeMap::new(),
+            sites_counted: false,
             input: Input::None,
             paused: false,
             help: false,
@@ -213,24 +234,23 @@ impl App {
                 }
                 let snapshot = *snapshot;
                 let interval = snapshot.since(&self.latest);
-                for row in interval.reason_rows() {
-                    let _ = self.history.entry(row.name.clone()).or_default();
-                }
-                for (name, points) in &mut self.history {
-                    let count = interval
-                        .reason_rows()
-                        .filter(|r| &r.name == name)
-                        .map(|r| r.count)
-                        .sum();
-                    points.push_back(per_second(count, interval.interval_ns));
-                    while points.len() > HISTORY {
-                        points.pop_front();
-                    }
+                self.record_history(&interval);
+                for (pid, vm) in snapshot
+                    .exits
+                    .iter()
+                    .filter_map(|r| r.pid.zip(r.vm.clone()))
+                    .chain(
+                        snapshot
+                            .sites
+                            .iter()
+                            .filter_map(|s| Some((s.pid, s.vm.clone()?))),
+                    )
+                {
+                    self.names.insert(pid, vm);
                 }
                 self.previous = Some(std::mem::replace(&mut self.latest, snapshot));
                 self.shown = self.latest.since(&self.baseline);
             }
-            Action::ProcessNames(names) => self.comms.extend(names),
             Action::Quit => self.quit = true,
             Action::Show(view) => self.view = view,
             Action::NextView => {
@@ -313,8 +333,50 @@ impl App {
             .map_or(0, |i| per_second(i.total_exits(), i.interval_ns))
     }
 
+    /// Handler events per second in the last interval.
+    #[must_use]
+    pub fn events_rate(&self) -> u64 {
+        self.last_interval().map_or(0, |i| i.events_per_s.rounded())
+    }
+
+    /// Adds the last interval's rates to the history: exits by reason
+    /// name, handler events by line key, sites by [`site_key`]. Keys idle
+    /// for the whole history are forgotten (a big host's MMIO addresses
+    /// come and go).
+    fn record_history(&mut self, interval: &Snapshot) {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for row in interval.reason_rows() {
+            *counts.entry(row.name.clone()).or_default() += row.count;
+        }
+        for group in event_groups(interval) {
+            for line in group.lines {
+                counts.insert(line.key, line.count);
+            }
+        }
+        for site in &interval.sites {
+            counts.insert(site_key(site), site.count);
+        }
+        for row in interval.exits.iter().filter(|r| r.pid.is_some()) {
+            counts.insert(vcpu_key(row), row.count);
+        }
+        for key in counts.keys() {
+            if !self.history.contains_key(key) {
+                self.history.insert(key.clone(), VecDeque::new());
+            }
+        }
+        for (key, points) in &mut self.history {
+            let count = counts.get(key).copied().unwrap_or(0);
+            points.push_back(per_second(count, interval.interval_ns));
+            while points.len() > HISTORY {
+                points.pop_front();
+            }
+        }
+        self.history
+            .retain(|_, points| points.len() < HISTORY || points.iter().any(|&p| p > 0));
+    }
+
     /// Whether `name` passes the reason filter.
-    fn reason_matches(&self, name: &str) -> bool {
+    pub(super) fn reason_matches(&self, name: &str) -> bool {
         if self.reason_filter.is_empty() {
             return true;
         }
@@ -331,8 +393,9 @@ impl App {
         regex_lite::Regex::new(&self.reason_filter).is_err()
     }
 
-    /// Whether the VM of `pid` passes the VM filter.
-    fn vm_matches(&self, pid: Option<u32>) -> bool {
+    /// Whether the VM of `pid` passes the VM filter: its pid, or a part
+    /// of its name.
+    pub(super) fn vm_matches(&self, pid: Option<u32>) -> bool {
         if self.pid_filter.is_empty() {
             return true;
         }
@@ -340,80 +403,10 @@ impl App {
         match self.pid_filter.parse::<u32>() {
             Ok(wanted) => pid == wanted,
             Err(_) => self
-                .comms
+                .names
                 .get(&pid)
                 .is_some_and(|c| c.contains(self.pid_filter.as_str())),
         }
-    }
-
-    /// The exit table's rows since the baseline, filtered and sorted: per
-    /// reason, or, with a VM filter, that VM's per-vCPU rows summed by
-    /// reason (without min and histogram, which the breakdown lacks).
-    #[must_use]
-    pub fn exit_rows(&self) -> Vec<ExitRow> {
-        let shown = self.shown();
-        let mut rows: Vec<ExitRow> = if self.pid_filter.is_empty() {
-            shown.reason_rows().cloned().collect()
-        } else {
-            let mut by_reason: BTreeMap<(exitprof_common::Isa, u32), ExitRow> = BTreeMap::new();
-            for r in shown
-                .exits
-                .iter()
-                .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
-            {
-                let sum = by_reason
-                    .entry((r.isa, r.reason))
-                    .or_insert_with(|| ExitRow {
-                        pid: None,
-                        vcpu: None,
-                        count: 0,
-                        timed: 0,
-                        total_ns: 0,
-                        min_ns: 0,
-                        max_ns: 0,
-                        hist_log2_ns: Vec::new(),
-                        ..r.clone()
-                    });
-                sum.count += r.count;
-                sum.timed += r.timed;
-                sum.total_ns += r.total_ns;
-                sum.max_ns = sum.max_ns.max(r.max_ns);
-            }
-            by_reason.into_values().collect()
-        };
-        rows.retain(|r| self.reason_matches(&r.name));
-        let key = |r: &ExitRow| match self.sort {
-            SortBy::Count => r.count,
-            SortBy::Rate => self.rate(&r.name),
-            SortBy::Time => r.total_ns,
-            SortBy::Avg => r.avg_ns(),
-            SortBy::Max => r.max_ns,
-            SortBy::Name => 0,
-        };
-        if self.sort == SortBy::Name {
-            rows.sort_by(|a, b| a.name.cmp(&b.name));
-        } else {
-            rows.sort_by(|a, b| key(b).cmp(&key(a)).then(a.name.cmp(&b.name)));
-        }
-        rows
-    }
-
-    /// The breakdown rows since the baseline, filtered by VM and reason.
-    #[must_use]
-    pub fn vcpu_rows(&self) -> Vec<&ExitRow> {
-        let mut rows: Vec<&ExitRow> = self
-            .shown
-            .exits
-            .iter()
-            .filter(|r| r.pid.is_some() && self.vm_matches(r.pid))
-            .filter(|r| self.reason_matches(&r.name))
-            .collect();
-        rows.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then((a.pid, a.vcpu).cmp(&(b.pid, b.vcpu)))
-        });
-        rows
     }
 
     /// The selected exit row.
@@ -421,6 +414,26 @@ impl App {
     pub fn selected_row(&self) -> Option<ExitRow> {
         self.exit_rows().into_iter().nth(self.selected)
     }
+}
+
+/// The history key of a per-vCPU row.
+#[must_use]
+pub fn vcpu_key(row: &ExitRow) -> String {
+    format!(
+        "vcpu {} {} {}",
+        row.pid.unwrap_or_default(),
+        row.vcpu.unwrap_or_default(),
+        row.name
+    )
+}
+
+/// The history key of a site.
+#[must_use]
+pub fn site_key(site: &SiteRow) -> String {
+    format!(
+        "site {} {:?} {} {:#x}",
+        site.pid, site.isa, site.reason, site.rip
+    )
 }
 
 /// `count` per second over `interval_ns`.
@@ -535,8 +548,9 @@ pub(crate) mod tests {
         assert_eq!(names(&app.exit_rows()), ["hlt"], "the reason filter stays");
     }
 
-    /// `(pid, vcpu, name, code, count)` breakdown rows added to `s`.
-    fn with_breakdown(mut s: Snapshot, rows: &[(u32, u32, &str, u32, u64)]) -> Snapshot {
+    /// `(pid, vcpu, name, code, count)` breakdown rows added to `s`, of
+    /// the VMs `web` (pid 10) and `db` (pid 20).
+    pub fn with_breakdown(mut s: Snapshot, rows: &[(u32, u32, &str, u32, u64)]) -> Snapshot {
         for &(pid, vcpu, name, reason, count) in rows {
             s.exits.push(ExitRow {
                 isa: Isa::Svm,
@@ -544,6 +558,7 @@ pub(crate) mod tests {
                 name: name.into(),
                 pid: Some(pid),
                 vcpu: Some(vcpu),
+                vm: Some(if pid == 10 { "qemu-web" } else { "qemu-db" }.into()),
                 count,
                 timed: count,
                 total_ns: count * 1_000,
@@ -567,10 +582,7 @@ pub(crate) mod tests {
             ],
         );
         app.update(Action::Data(Box::new(s)));
-        app.update(Action::ProcessNames(BTreeMap::from([
-            (10, "qemu-web".into()),
-            (20, "qemu-db".into()),
-        ])));
+        assert_eq!(app.names[&20], "qemu-db", "names come with the rows");
         let typed = |app: &mut App, text: &str| {
             app.update(Action::StartInput(Input::Pid));
             for c in text.chars() {
@@ -620,6 +632,8 @@ pub(crate) mod tests {
         app.update(Action::NextView);
         assert_eq!(app.view, View::Events);
         app.update(Action::Show(View::Histogram));
+        app.update(Action::NextView);
+        assert_eq!(app.view, View::Sites);
         app.update(Action::NextView);
         assert_eq!(app.view, View::Exits);
         app.update(Action::Quit);

@@ -28,6 +28,7 @@ pub fn action_for(key: KeyEvent, input: Input) -> Option<Action> {
         KeyCode::Char('2') => Action::Show(View::Events),
         KeyCode::Char('3') => Action::Show(View::Vcpus),
         KeyCode::Char('4') => Action::Show(View::Histogram),
+        KeyCode::Char('5') => Action::Show(View::Sites),
         KeyCode::Tab => Action::NextView,
         KeyCode::Char('s') => Action::NextSort,
         KeyCode::Char('/') => Action::StartInput(Input::Reason),

@@ -1,29 +1,21 @@
 //! `exitprof top`'s terminal UI: the loop turns terminal keys, ticks and
 //! signals into [`app::Action`]s; `App::update` is the only state change;
-//! drawing (`ui.rs`) does no I/O. Snapshots come from a source the
-//! command hands in: the TUI never sees the eBPF side.
+//! drawing (`ui.rs`, `tables.rs`) does no I/O. Snapshots come from a
+//! source the command hands in, with their VMs named (`host::vmname`):
+//! the TUI never sees the eBPF side or `/proc`.
 pub mod app;
 pub mod input;
+pub mod lines;
+pub mod tables;
 pub mod ui;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use crossterm::event::{self, Event};
 use tokio::sync::mpsc;
 
-use crate::{host::procfs, model::Snapshot};
+use crate::model::Snapshot;
 use app::{Action, App};
-
-/// `/proc/<pid>/comm` of the VMM processes in `snapshot` not in `known`.
-fn new_process_names(snapshot: &Snapshot, known: &BTreeMap<u32, String>) -> BTreeMap<u32, String> {
-    snapshot
-        .exits
-        .iter()
-        .filter_map(|r| r.pid)
-        .filter(|pid| !known.contains_key(pid))
-        .filter_map(|pid| Some((pid, procfs::comm(pid)?)))
-        .collect()
-}
 
 /// Terminal events, read on their own thread so the loop never blocks.
 fn spawn_input() -> mpsc::UnboundedReceiver<Event> {
@@ -74,12 +66,7 @@ pub async fn run(
         terminal.draw(|frame| frame.render_widget(&app, frame.area()))?;
         let action = tokio::select! {
             _ = tick.tick() => {
-                let snapshot = source()?;
-                let names = new_process_names(&snapshot, &app.comms);
-                if !names.is_empty() {
-                    app.update(Action::ProcessNames(names));
-                }
-                Some(Action::Data(Box::new(snapshot)))
+                Some(Action::Data(Box::new(source()?)))
             }
             ev = input.recv() => match ev {
                 Some(Event::Key(key)) => input::action_for(key, app.input),

@@ -8,22 +8,11 @@ use ratatui::{
     widgets::{Block, Borders, Clear, Paragraph, Row, Table, Widget, Wrap},
 };
 
-use super::app::{App, Input, View};
-use crate::present::{duration, exit_columns, table::render_events};
-
-const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-/// The rates as a text sparkline scaled to their maximum.
-#[must_use]
-pub fn sparkline(points: impl Iterator<Item = u64> + Clone) -> String {
-    let max = points.clone().max().unwrap_or(0);
-    points
-        .map(|p| match (p * 7).checked_div(max) {
-            None => ' ',
-            Some(i) => SPARK[usize::try_from(i).unwrap_or(7).min(7)],
-        })
-        .collect()
-}
+use super::{
+    app::{App, Input, View, vcpu_key},
+    tables::sparkline,
+};
+use crate::present::{duration, exit_columns};
 
 impl Widget for &App {
     fn render(self, area: Rect, buf: &mut Buffer) {
@@ -50,6 +39,7 @@ impl Widget for &App {
             View::Events => self.events(body, buf),
             View::Vcpus => self.vcpus(body, buf),
             View::Histogram => self.histogram(body, buf),
+            View::Sites => self.sites(body, buf),
         }
         self.footer(footer, buf);
         if self.help {
@@ -61,8 +51,15 @@ impl Widget for &App {
 impl App {
     fn header(&self, area: Rect, buf: &mut Buffer) {
         let up = self.uptime_s;
+        // Where kvm_exit cannot fire (PVM), no exit rate: a zero there
+        // would say that nothing exits.
+        let exits = if self.latest.vmexit_available {
+            format!("{} exits/s | ", self.total_rate())
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "exitprof top | backend {} ({} tracepoints) | paging {} | host {} | up {:02}:{:02}:{:02} | {} exits/s",
+            "exitprof top | backend {} ({} tracepoints) | paging {} | host {} | up {:02}:{:02}:{:02} | {exits}{} events/s",
             self.latest.backend,
             self.latest.attach_mode,
             self.paging,
@@ -70,7 +67,7 @@ impl App {
             up / 3600,
             up / 60 % 60,
             up % 60,
-            self.total_rate()
+            self.events_rate()
         );
         if self.paused {
             text.push_str(" | PAUSED");
@@ -166,16 +163,6 @@ impl App {
         Widget::render(Table::new(rows, widths).header(header), area, buf);
     }
 
-    fn events(&self, area: Rect, buf: &mut Buffer) {
-        let mut text = String::new();
-        render_events(&mut text, self.shown());
-        let _ = std::fmt::Write::write_fmt(
-            &mut text,
-            format_args!("dropped: {}", self.shown().dropped),
-        );
-        Paragraph::new(text).render(area, buf);
-    }
-
     fn vcpus(&self, area: Rect, buf: &mut Buffer) {
         // Only the rows that fit are formatted (a big host has thousands).
         let rows: Vec<Row> = self
@@ -184,15 +171,23 @@ impl App {
             .take(usize::from(area.height))
             .map(|r| {
                 let pid = r.pid.unwrap_or_default();
+                let key = vcpu_key(r);
                 Row::new(vec![
                     pid.to_string(),
-                    self.comms.get(&pid).cloned().unwrap_or_default(),
+                    r.vm.clone()
+                        .or_else(|| self.names.get(&pid).cloned())
+                        .unwrap_or_default(),
                     r.vcpu.unwrap_or_default().to_string(),
                     r.name.clone(),
                     r.count.to_string(),
+                    self.rate(&key).to_string(),
                     duration(r.total_ns),
                     duration(r.avg_ns()),
                     duration(r.max_ns),
+                    self.history
+                        .get(&key)
+                        .map(|h| sparkline(h.iter().copied()))
+                        .unwrap_or_default(),
                 ])
             })
             .collect();
@@ -202,7 +197,7 @@ impl App {
             return;
         }
         let header = Row::new(vec![
-            "PID", "VM", "VCPU", "REASON", "COUNT", "TIME", "AVG", "MAX",
+            "PID", "VM", "VCPU", "REASON", "COUNT", "RATE/s", "TIME", "AVG", "MAX", "TREND",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD));
         let widths = [
@@ -211,9 +206,11 @@ impl App {
             Constraint::Length(5),
             Constraint::Min(12),
             Constraint::Length(9),
+            Constraint::Length(8),
             Constraint::Length(10),
             Constraint::Length(10),
             Constraint::Length(10),
+            Constraint::Length(u16::try_from(super::app::HISTORY).unwrap_or(16)),
         ];
         Widget::render(Table::new(rows, widths).header(header), area, buf);
     }
@@ -255,9 +252,9 @@ impl App {
     fn footer(&self, area: Rect, buf: &mut Buffer) {
         let text = match self.input {
             Input::Reason => "type a reason regex, Enter to apply, Esc to clear".to_owned(),
-            Input::Pid => "type a VM's pid or command name, Enter to apply, Esc to clear".to_owned(),
+            Input::Pid => "type a VM's pid or name, Enter to apply, Esc to clear".to_owned(),
             Input::None => {
-                "q quit  ? help  1-4/Tab views  s sort  / reason  v vm  r reset  space pause  ↑↓ select".to_owned()
+                "q quit  ? help  1-5/Tab views  s sort  / reason  v vm  r reset  space pause  ↑↓ select".to_owned()
             }
         };
         Line::from(text).reversed().render(area, buf);
@@ -267,13 +264,13 @@ impl App {
         let lines = [
             "q, Ctrl-C   quit (the terminal is restored)",
             "?           this help",
-            "1 2 3 4     exits, events, vcpus, histogram; Tab: next view",
-            "s           sort the exit table: count, rate, time, avg, max, name",
+            "1 2 3 4 5   exits, events, vcpus, histogram, sites; Tab: next view",
+            "s           sort every table: count, rate, time, avg, max, name",
             "/           filter reasons by regex (Enter applies, Esc clears)",
-            "v, p        show one VM: its pid or command name",
+            "v, p        show one VM: its pid or name",
             "r           reset: count from now on",
             "space       pause/resume",
-            "↑ ↓         select a reason (its histogram is view 4)",
+            "↑ ↓         select a reason (its histogram: 4, its sites: 5)",
         ];
         let width = 72.min(area.width);
         let height = (u16::try_from(lines.len()).unwrap_or(9) + 2).min(area.height);
@@ -291,7 +288,7 @@ impl App {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::*;
@@ -311,7 +308,8 @@ mod tests {
         app
     }
 
-    fn lines(app: &App, width: u16, height: u16) -> Vec<String> {
+    /// The screen `app` draws at `width` x `height`, line by line.
+    pub fn lines(app: &App, width: u16, height: u16) -> Vec<String> {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|f| f.render_widget(app, f.area())).unwrap();
         let buf = terminal.backend().buffer().clone();
@@ -331,11 +329,11 @@ mod tests {
         let l = lines(&app(), 120, 8);
         assert_eq!(
             l[0],
-            "exitprof top | backend svm (classic tracepoints) | paging NPT on | host h | up 01:02:03 | 210 exits/s"
+            "exitprof top | backend svm (classic tracepoints) | paging NPT on | host h | up 01:02:03 | 210 exits/s | 0 events/s"
         );
         assert_eq!(
             l[1],
-            " 1 exits  2 events  3 vcpus  4 histogram  sort: count"
+            " 1 exits  2 events  3 vcpus  4 histogram  5 sites  sort: count"
         );
         assert_eq!(
             l[2],
@@ -349,7 +347,7 @@ mod tests {
             l[4],
             "hlt               0x78   20        10       6.25%   20.00 us   6.25%   1.00 us    500 ns     1.12 us    ██"
         );
-        assert!(l[7].starts_with("q quit  ? help  1-4/Tab views  s sort  / reason  v vm"));
+        assert!(l[7].starts_with("q quit  ? help  1-5/Tab views  s sort  / reason  v vm"));
     }
 
     #[test]
@@ -402,11 +400,5 @@ mod tests {
             "{:?}",
             l[4]
         );
-    }
-
-    #[test]
-    fn sparkline_scales_to_the_maximum() {
-        assert_eq!(sparkline([0, 1, 7, 14].into_iter()), "▁▁▄█");
-        assert_eq!(sparkline([0, 0].into_iter()), "  ");
     }
 }
