@@ -131,6 +131,23 @@ pub struct PendingExit {
     pub rip: u64,
 }
 
+/// Value of `LAST_TRACKED`: the process the filter last found tracked on
+/// this CPU, and how many processes had left the tracked set then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastTracked {
+    /// Process id (0: none).
+    pub tgid: u32,
+    /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
+    pub _pad: u32,
+    /// `UNTRACKED` when `tgid` was found.
+    pub untracked: u64,
+}
+
 /// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
 pub const EVENT_CACHE_WAYS: u32 = 4;
 

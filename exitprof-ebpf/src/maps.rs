@@ -3,12 +3,12 @@
 //! `handler_events.rs`, the in-flight store in `in_flight.rs`.) Names are the interface with the loader.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, SITES_MAP_ENTRIES, SiteKey,
-        TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, LastTracked,
+        SITES_MAP_ENTRIES, SiteKey, TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -39,11 +39,17 @@ pub static USERSPACE_EXITS: PerCpuArray<UserspaceExitStats> =
 #[map]
 pub static TRACKED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TRACKED_MAP_ENTRIES, 0);
 
-/// Per CPU, the last process found in `TRACKED_TGIDS` (0: none). Entries
-/// of `TRACKED_TGIDS` are never removed, so a hit here is the hash map's
-/// answer without the hash lookup.
+/// Per CPU, the last process found in `TRACKED_TGIDS` (0: none) and the
+/// value of `UNTRACKED` then: while no process has left the set since, a
+/// hit here is the hash map's answer without the hash lookup.
 #[map]
-pub static LAST_TRACKED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_TRACKED: PerCpuArray<LastTracked> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many times a process left `TRACKED_TGIDS` (`sched_process_exit`):
+/// a `LAST_TRACKED` entry from before names a process that may be gone,
+/// whose id a new process may have taken.
+#[map]
+pub static UNTRACKED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Events not counted, by [`drop_reason`].
 #[map]

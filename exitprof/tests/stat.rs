@@ -506,3 +506,29 @@ fn stat_in_flight_stores_count_the_same() {
     }
     assert_eq!(seen[0], seen[1]);
 }
+
+/// The tracked set forgets dead processes and threads: after more short
+/// lived children than it has room for (1,024), a VM the command starts
+/// is still counted exactly.
+#[test]
+fn stat_tracks_a_command_that_outlives_many_children() {
+    let Some(_serial) = can_profile("stat_tracks_a_command_that_outlives_many_children") else {
+        return;
+    };
+    let script = format!(
+        "i=0; while [ $i -lt 1100 ]; do /bin/true; i=$((i+1)); done; {EXITPROF} vm --vcpus 2 --pio 5 --rounds 3 > /dev/null"
+    );
+    let out = exitprof(&["stat", "--json", "--", "sh", "-c", &script]);
+    let snap = json(&out);
+    let pio = &snap["events"]["pio"];
+    // 2 vCPUs x 3 rounds x 5 outs (and as many ins) on port 0xe9.
+    assert_eq!(
+        count_where(pio, |r| r["port"] == 0xe9 && r["write"] == true),
+        30,
+        "{snap}"
+    );
+    assert_eq!(
+        count_where(pio, |r| r["port"] == 0xe9 && r["write"] == false),
+        30
+    );
+}

@@ -2,7 +2,7 @@
 //! the event-kind table (`model::events`), plus the VM-exit, userspace
 //! round-trip and process programs; and the record offsets their classic
 //! programs read.
-use exitprof_common::config::Offsets;
+use exitprof_common::config::{NO_FIELD, Offsets};
 
 use crate::{
     host::tracefs::{Format, TracefsError},
@@ -46,9 +46,6 @@ pub struct Hook {
     pub required: bool,
     /// Its raw tracepoint program, if it has one.
     pub raw: Option<RawHook>,
-    /// Only the object with the hash store of things in flight needs it
-    /// (task storage goes with its thread).
-    pub hash_store_only: bool,
 }
 
 impl Hook {
@@ -64,7 +61,6 @@ impl Hook {
                 group: Group::Handlers,
                 args: source.raw_args,
             }),
-            hash_store_only: false,
         }
     }
 }
@@ -81,7 +77,6 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Handlers,
             args: &[RawArg::Int(4), RawArg::Int(4)],
         }),
-        hash_store_only: false,
     },
     Hook {
         program: "kvm_exit",
@@ -93,7 +88,6 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu, RawArg::Int(4)],
         }),
-        hash_store_only: false,
     },
     Hook {
         program: "kvm_entry",
@@ -105,7 +99,6 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu],
         }),
-        hash_store_only: false,
     },
     Hook {
         program: "sys_enter_ioctl",
@@ -113,7 +106,6 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sys_enter_ioctl",
         required: false,
         raw: None,
-        hash_store_only: false,
     },
     Hook {
         program: "sched_process_fork",
@@ -121,7 +113,6 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_fork",
         required: true,
         raw: None,
-        hash_store_only: false,
     },
     Hook {
         program: "sched_process_exit",
@@ -129,7 +120,6 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_exit",
         required: true,
         raw: None,
-        hash_store_only: true,
     },
 ];
 
@@ -173,6 +163,9 @@ pub fn offsets<'a>(find: &impl Fn(&str) -> Option<&'a Format>) -> Result<Offsets
         ioctl_cmd: get("sys_enter_ioctl", "cmd")?,
         fork_parent_pid: get("sched_process_fork", "parent_pid")?,
         fork_child_pid: get("sched_process_fork", "child_pid")?,
+        exit_group_dead: find("sched_process_exit")
+            .and_then(|f| f.offset("group_dead").ok())
+            .unwrap_or(NO_FIELD),
         ..Offsets::ZERO
     };
     for source in Events::SOURCES {

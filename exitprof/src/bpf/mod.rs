@@ -301,9 +301,9 @@ impl Profiler {
     }
 }
 
-/// The eBPF object for the in-flight store `mode` asks for on `host`, the
-/// hooks it attaches, and why it keeps exits in flight in hash maps ("" in
-/// task storage).
+/// The eBPF object for the in-flight store `mode` asks for on `host`, its
+/// hooks, and why it keeps exits in flight in hash maps ("" in task
+/// storage).
 fn object_for(
     mode: InFlightMode,
     host: &Host,
@@ -316,10 +316,7 @@ fn object_for(
     if object.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let hooks = hooks::all()
-        .into_iter()
-        .filter(|h| !h.hash_store_only || store == InFlightStore::Hash)
-        .collect();
+    let hooks = hooks::all();
     let note = match store {
         InFlightStore::TaskStorage => String::new(),
         InFlightStore::Hash => format!("exits in flight in hash maps: {why}"),
