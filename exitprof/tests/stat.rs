@@ -3,7 +3,7 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -531,4 +531,65 @@ fn stat_tracks_a_command_that_outlives_many_children() {
         count_where(pio, |r| r["port"] == 0xe9 && r["write"] == false),
         30
     );
+}
+
+/// Attaching to VMs in the middle of their exits, and detaching from
+/// them the same way, several times in a row: a `KVM_RUN` whose return to
+/// user space exitprof never saw is ignored, so no round trip is longer
+/// than the time exitprof was attached, and none is counted that was not
+/// opened (both stores).
+#[test]
+fn stat_attaches_and_detaches_while_vms_exit() {
+    let Some(_serial) = can_profile("stat_attaches_and_detaches_while_vms_exit") else {
+        return;
+    };
+    let vms: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(EXITPROF)
+                .args(["vm", "--vcpus", "2", "--pio", "20", "--mmio", "5"])
+                .args(["--rounds", "0", "--pause-ms", "1"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let _vms = KillOnDrop(vms);
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, store) in ["task-storage", "hash"].iter().cycle().take(6).enumerate() {
+        let duration_ms = 300 + 100 * i as u64;
+        let out = exitprof(&[
+            "stat",
+            "--json",
+            "--in-flight",
+            store,
+            "--duration",
+            &format!("{duration_ms}ms"),
+        ]);
+        let snap = json(&out);
+        let interval_ns = snap["interval_ns"].as_u64().unwrap();
+        let rows = snap["events"]["userspace_exit"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{store}: the VMs exited: {snap}");
+        for r in rows {
+            let (count, trips) = (r["count"].as_u64().unwrap(), r["roundtrips"].as_u64().unwrap());
+            let (total, max) = (
+                r["roundtrip_total_ns"].as_u64().unwrap(),
+                r["roundtrip_max_ns"].as_u64().unwrap(),
+            );
+            assert!(trips <= count, "{store}: {r}");
+            assert!(max <= interval_ns, "{store}: {max} ns > {interval_ns} ns attached: {r}");
+            assert!(total <= trips * max, "{store}: {r}");
+        }
+    }
+}
+
+/// Kills the VMs a test started, however it ends.
+struct KillOnDrop(Vec<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for vm in &mut self.0 {
+            let _ = vm.kill();
+            let _ = vm.wait();
+        }
+    }
 }
