@@ -10,6 +10,12 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
+    // aya-build forwards every line the inner cargo prints as a
+    // `cargo:warning`, so a normal build showed ~130 lines of "Compiling".
+    // Quiet, the inner cargo prints only diagnostics: nothing when the
+    // eBPF build is clean, the compiler's own errors when it is not.
+    // SAFETY: the build script has no other threads yet.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest.join("../exitprof-ebpf");
     let ebpf_dir = ebpf_dir

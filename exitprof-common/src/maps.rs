@@ -1,4 +1,4 @@
-//! Map keys and values. Keys mirror the `--json` contract in DESIGN.md so
+//! Map keys and values. Keys mirror the `--json` contract in README.md so
 //! that the readout only sums over CPUs and never reinterprets.
 //!
 //! Every struct is `#[repr(C)]` with explicit padding fields (always 0), so

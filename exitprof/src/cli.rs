@@ -1,31 +1,30 @@
 //! Argument values shared by subcommands.
 use std::time::Duration;
 
-/// Parses `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+/// The longest duration exitprof accepts: a year (and no deadline can
+/// overflow the clock).
+const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
+
+/// Parses a duration as `humantime` reads it (`500ms`, `5s`, `2m`,
+/// `1h 30m`), or a bare number of seconds; it must be more than zero and
+/// at most a year.
 ///
 /// # Errors
-/// A message for clap when the text is no duration.
+/// A message for clap when the text is no such duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 5s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1e3,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration ({e}; try 500ms, 5s, 2m, 1h 30m)"))?,
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    if duration.is_zero() {
+        return Err(format!("{text:?}: the duration must be more than zero"));
+    }
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?}: the longest duration is a year (365d)"));
+    }
+    Ok(duration)
 }
 
 /// Parses a process id that must exist now.

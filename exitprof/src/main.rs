@@ -1,23 +1,9 @@
-//! exitprof: why and how long KVM guests leave the guest.
-//!
-//! Data flows one way: tracepoint → eBPF program → per-CPU map → readout
-//! (`bpf/`, one [`model::Snapshot`]) → presenters (`present/`, `tui/`).
-//! ARCHITECTURE.md has the codemap and which folder may import which.
-
-mod bpf;
-mod cli;
-mod commands;
-mod guest;
-mod host;
-mod model;
-mod present;
-mod session;
-mod tui;
-mod workload;
+//! The `exitprof` command: the clap root and the dispatch to
+//! [`exitprof::commands`].
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 /// KVM exit profiler: per-exit-reason counts and latencies from eBPF.
 #[derive(Parser, Debug)]
@@ -43,23 +29,23 @@ struct Cli {
 enum Command {
     /// Count exits while COMMAND runs (or for a duration, or until
     /// Ctrl-C), then print a report.
-    Stat(commands::stat::StatArgs),
+    Stat(exitprof::commands::stat::StatArgs),
     /// Record a workload under nested and/or shadow paging into a file.
-    Record(commands::record::RecordArgs),
+    Record(exitprof::commands::record::RecordArgs),
     /// Show a recording: tables, the paging comparison, CSV, JSON, SVG.
-    Report(commands::report::ReportArgs),
+    Report(exitprof::commands::report::ReportArgs),
     /// Live tables of exits, refreshed every interval (q quits, ? helps).
-    Top(commands::top::TopArgs),
+    Top(exitprof::commands::top::TopArgs),
     /// Inside a VM: read the hypervisor's exit statistics from the CPUID
     /// leaves of a KVM with exitprof's patch.
-    Guest(commands::guest::GuestArgs),
+    Guest(exitprof::commands::guest::GuestArgs),
     /// Time snapshots of a per-vCPU map filled with KEYS synthetic keys
     /// (for `cargo xtask bench`).
     #[command(hide = true)]
-    BenchReadout(commands::bench_readout::BenchReadoutArgs),
+    BenchReadout(exitprof::commands::bench_readout::BenchReadoutArgs),
     /// Run the built-in workload VM: a tiny guest doing exactly the
     /// requested numbers of CPUID, port I/O, MMIO, MSR and HLT exits.
-    Vm(commands::vm::VmArgs),
+    Vm(exitprof::commands::vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,22 +60,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // One line: what is wrong; the usage is one `--help` away.
-            let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("exitprof: {first} (see `exitprof --help`)");
+            eprintln!("exitprof: {}", usage_error(&err));
             return ExitCode::from(2);
         }
     };
     let result = match cli.command {
-        Command::Stat(args) => commands::stat::main(&args),
-        Command::Record(args) => commands::record::main(&args),
-        Command::Report(args) => commands::report::main(&args),
-        Command::Top(args) => commands::top::main(&args),
-        Command::Guest(args) => commands::guest::main(&args),
-        Command::BenchReadout(args) => commands::bench_readout::main(&args),
-        Command::Vm(args) => commands::vm::main(&args),
+        Command::Stat(args) => exitprof::commands::stat::main(&args),
+        Command::Record(args) => exitprof::commands::record::main(&args),
+        Command::Report(args) => exitprof::commands::report::main(&args),
+        Command::Top(args) => exitprof::commands::top::main(&args),
+        Command::Guest(args) => exitprof::commands::guest::main(&args),
+        Command::BenchReadout(args) => exitprof::commands::bench_readout::main(&args),
+        Command::Vm(args) => exitprof::commands::vm::main(&args),
     };
     match result {
         Ok(code) => code,
@@ -97,5 +79,43 @@ fn main() -> ExitCode {
             eprintln!("exitprof: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line for a usage error: what is wrong (with the arguments clap
+/// lists on lines of their own, such as the missing ones), and which
+/// `--help` shows the usage.
+fn usage_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut what = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    let known: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        return format!(
+            "which command? one of {} (see `exitprof --help`)",
+            known.join(", ")
+        );
+    }
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        let missing: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        what = format!("{} {}", what.trim_end_matches(':'), missing.join(", "))
+            .replace("were not provided", "are missing:");
+    }
+    // The subcommand the user typed, for its own help.
+    let sub = std::env::args().skip(1).find(|a| known.contains(a));
+    match sub {
+        Some(sub) => format!("{what} (see `exitprof {sub} --help`)"),
+        None => format!("{what} (see `exitprof --help`)"),
     }
 }

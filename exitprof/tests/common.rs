@@ -5,7 +5,10 @@
     reason = "test helpers: their panic is the failing test's message (fires only in the targets that use them all)"
 )]
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
 /// The binary under test.
 pub const EXITPROF: &str = env!("CARGO_BIN_EXE_exitprof");
@@ -14,20 +17,42 @@ pub const EXITPROF: &str = env!("CARGO_BIN_EXE_exitprof");
 /// this lock, so they run one at a time even under a parallel `cargo test`.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The same across processes (several checkouts testing on one machine):
+/// an exclusive `flock` on this file.
+const SERIAL_FILE: &str = "/tmp/exitprof-root-tests.lock";
+
+/// Held while a root test runs.
+pub struct Serial {
+    _in_process: std::sync::MutexGuard<'static, ()>,
+    _across_processes: std::fs::File,
+}
+
 /// A guard that serializes the root tests, when this machine can run them
 /// (root, BPF, `/dev/kvm`); `None` when it cannot. Under `CI=true` a
 /// missing capability fails the test instead of skipping it: CI machines
 /// have all three.
-pub fn can_profile(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+pub fn can_profile(test: &str) -> Option<Serial> {
+    use std::os::fd::AsRawFd as _;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let kvm = std::path::Path::new("/dev/kvm").exists();
     if root && kvm {
-        return Some(
-            SERIAL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let in_process = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SERIAL_FILE)
+            .expect("the lock file opens");
+        // SAFETY: flock on a descriptor we own; it blocks until free.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock {SERIAL_FILE}");
+        return Some(Serial {
+            _in_process: in_process,
+            _across_processes: file,
+        });
     }
     let why = format!("{test} needs root and /dev/kvm (root: {root}, /dev/kvm: {kvm})");
     assert!(
@@ -85,4 +110,61 @@ pub fn one_line_error(out: &Output) -> String {
         "expected a one-line error, got:\n{err}"
     );
     err
+}
+
+/// The ids of the BPF programs and maps of exitprof's names loaded now
+/// (by anyone: other checkouts may test on the same machine).
+#[must_use]
+pub fn exitprof_bpf_ids() -> std::collections::BTreeSet<(char, u64)> {
+    const MAPS: &[&str] = &[
+        "EXIT_STATS",
+        "EXIT_BREAKDOWN",
+        "PENDING_EXITS",
+        "CPUID_EVENTS",
+        "DROPPED",
+    ];
+    let mut ids = std::collections::BTreeSet::new();
+    for (kind, what) in [('p', "prog"), ('m', "map")] {
+        let out = Command::new("bpftool")
+            .args([what, "show", "-j"])
+            .output()
+            .expect("bpftool runs");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for item in list.as_array().into_iter().flatten() {
+            let name = item["name"].as_str().unwrap_or("");
+            let ours = match kind {
+                'p' => name.starts_with("kvm_") || name.starts_with("sched_process_"),
+                _ => MAPS.iter().any(|m| m.starts_with(name) && name.len() >= 8),
+            };
+            if let (true, Some(id)) = (ours, item["id"].as_u64()) {
+                ids.insert((kind, id));
+            }
+        }
+    }
+    ids
+}
+
+/// The ids of exitprof's names that appeared since `before`: those of
+/// the exitprof a test started (give it time to attach first).
+#[must_use]
+pub fn loaded_since(
+    before: &std::collections::BTreeSet<(char, u64)>,
+) -> std::collections::BTreeSet<(char, u64)> {
+    exitprof_bpf_ids().difference(before).copied().collect()
+}
+
+/// Of `ids`, those still loaded after up to 5 s.
+#[must_use]
+pub fn still_loaded(
+    ids: &std::collections::BTreeSet<(char, u64)>,
+) -> std::collections::BTreeSet<(char, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: std::collections::BTreeSet<_> =
+            exitprof_bpf_ids().intersection(ids).copied().collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

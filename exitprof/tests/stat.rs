@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use common::{EXITPROF, can_profile, count_where, exitprof, json, one_line_error};
+use common::{
+    EXITPROF, can_profile, count_where, exitprof, exitprof_bpf_ids, json, loaded_since,
+    one_line_error, still_loaded,
+};
 
 /// The acceptance run of the foundation issue: exact handler-event counts
 /// of the workload's process tree.
@@ -235,32 +238,6 @@ fn stat_when_a_tracepoint_is_missing() {
     );
 }
 
-/// The exitprof programs loaded now, once the count is `want` or 5 s
-/// have passed: the kernel frees a raw tracepoint's link from a work
-/// queue after an RCU grace period, so a program outlives the process
-/// that held it by a few milliseconds.
-fn attached_exitprof_programs_settled(want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = attached_exitprof_programs();
-        if n == want || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn attached_exitprof_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name kvm_cpuid") || l.contains("name kvm_exit"))
-        .count()
-}
-
 /// Ctrl-C detaches every program and still prints the snapshot; the
 /// `--ready-file` exists exactly while the programs are attached.
 #[test]
@@ -268,11 +245,7 @@ fn stat_interrupted_prints_and_detaches() {
     let Some(_serial) = can_profile("stat_interrupted_prints_and_detaches") else {
         return;
     };
-    assert_eq!(
-        attached_exitprof_programs_settled(0),
-        0,
-        "another exitprof is running"
-    );
+    let before = exitprof_bpf_ids();
     let ready = std::env::temp_dir().join(format!("exitprof-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
     let child = Command::new(EXITPROF)
@@ -291,10 +264,10 @@ fn stat_interrupted_prints_and_detaches() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Attached as soon as the file is there, with exitprof's pid in it.
-    assert_eq!(
-        attached_exitprof_programs(),
-        2,
-        "kvm_cpuid and kvm_exit attached once ready"
+    let ours = loaded_since(&before);
+    assert!(
+        ours.iter().filter(|(kind, _)| *kind == 'p').count() >= 2,
+        "programs attached once ready: {ours:?}"
     );
     assert_eq!(
         std::fs::read_to_string(&ready).unwrap(),
@@ -311,7 +284,7 @@ fn stat_interrupted_prints_and_detaches() {
         !ready.exists(),
         "the ready file goes when exitprof detaches"
     );
-    assert_eq!(attached_exitprof_programs_settled(0), 0);
+    assert_eq!(still_loaded(&ours), std::collections::BTreeSet::new());
 }
 
 /// Events that do not fit a full map are counted as dropped, never lost
@@ -570,13 +543,19 @@ fn stat_attaches_and_detaches_while_vms_exit() {
         let rows = snap["events"]["userspace_exit"].as_array().unwrap();
         assert!(!rows.is_empty(), "{store}: the VMs exited: {snap}");
         for r in rows {
-            let (count, trips) = (r["count"].as_u64().unwrap(), r["roundtrips"].as_u64().unwrap());
+            let (count, trips) = (
+                r["count"].as_u64().unwrap(),
+                r["roundtrips"].as_u64().unwrap(),
+            );
             let (total, max) = (
                 r["roundtrip_total_ns"].as_u64().unwrap(),
                 r["roundtrip_max_ns"].as_u64().unwrap(),
             );
             assert!(trips <= count, "{store}: {r}");
-            assert!(max <= interval_ns, "{store}: {max} ns > {interval_ns} ns attached: {r}");
+            assert!(
+                max <= interval_ns,
+                "{store}: {max} ns > {interval_ns} ns attached: {r}"
+            );
             assert!(total <= trips * max, "{store}: {r}");
         }
     }

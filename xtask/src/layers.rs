@@ -35,10 +35,9 @@ fn module_of(src: &Path, file: &Path) -> ModPath {
         .iter()
         .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
         .collect();
-    if parts
-        .last()
-        .is_some_and(|l| l == "mod" || l == "main" || l == "lib")
-    {
+    // `a/mod.rs` is module `a`, `lib.rs` the library's root; `main.rs`
+    // is a crate of its own (the binary), named `main` here.
+    if parts.last().is_some_and(|l| l == "mod" || l == "lib") {
         parts.pop();
     }
     parts
@@ -321,7 +320,7 @@ impl Graph {
 /// `crate::a::b` for people.
 fn name(module: &ModPath) -> String {
     if module.is_empty() {
-        "crate".to_owned()
+        "crate (lib.rs)".to_owned()
     } else {
         format!("crate::{}", module.join("::"))
     }
@@ -363,7 +362,7 @@ fn rules(architecture: &str, heading: &str) -> anyhow::Result<BTreeMap<String, V
 
 /// The violations of `rules` in `graph`.
 fn violations(graph: &Graph, rules: &BTreeMap<String, Vec<String>>) -> Vec<String> {
-    let top = |m: &ModPath| m.first().cloned().unwrap_or_else(|| "main".to_owned());
+    let top = |m: &ModPath| m.first().cloned().unwrap_or_else(|| "lib".to_owned());
     let mut out = Vec::new();
     for module in graph.files.keys() {
         if !rules.contains_key(&top(module)) {

@@ -45,6 +45,9 @@ enum Task {
     Kernel,
     /// Regenerate kernel-patch/6.1's ABI header patch from exitprof-common.
     KernelHeader,
+    /// Fuzz the parsers (tracefs formats, BTF, recordings, guest CPUID)
+    /// from the committed seeds.
+    Fuzz(tasks::fuzz::FuzzArgs),
     /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
     /// (host and sandbox); writes target/bench/bench.json.
     Bench(bench::BenchArgs),
@@ -70,6 +73,10 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => tasks::setup::setup(),
         Task::Demo(args) => tasks::demo(&args),
         Task::Lint => tasks::lint(),
+        Task::Fuzz(args) => {
+            tasks::setup::setup()?;
+            tasks::fuzz::fuzz(&args).map(|_| ())
+        }
         Task::Test(args) => tasks::test(&args),
         Task::E2e(args) => {
             tasks::setup::setup()?;

@@ -1,16 +1,20 @@
 //! `exitprof record`: the same workload under nested paging (EPT/NPT) and
 //! under shadow paging, recorded to a file `exitprof report` reads.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
 use crate::{
-    bpf::{AttachMode, InFlightMode},
     cli::parse_duration,
     host::{
-        backend::{self, VendorModule},
-        paging::{self, PagingError, Restore},
+        backend::{self, SYS_MODULE, VendorModule},
+        paging::{self, PagingError},
         procfs,
+        reload::{self, Reload, Restore, System},
     },
     model::{
         Backend,
@@ -39,9 +43,18 @@ CR3 writes, INVLPG and page touches). Switching reloads kvm_intel (ept=)
 or kvm_amd (npt=) with every other parameter kept, and puts the original
 mode back at the end, after a failure and after Ctrl-C.
 
+Before unloading anything it proves that the module can come back: the
+file modprobe would load (or --module FILE for insmod) must be the running
+module (same build id), and must accept every parameter passed. If a load
+fails, the original is loaded again; only if that fails too does record
+exit with the commands that restore the host. After a SIGKILL, the next
+record, or `record --restore`, puts the original mode back.
+
 Examples:
   sudo exitprof record --ept both -o r.json
+  sudo exitprof record --ept both --module /opt/kvm/kvm-amd.ko   # loaded with insmod
   sudo exitprof record --ept off -- qemu-system-x86_64 -enable-kvm ...
+  sudo exitprof record --restore
   exitprof report r.json --svg r.svg")]
 pub struct RecordArgs {
     /// Paging modes to record; without it, the current mode only.
@@ -59,6 +72,15 @@ pub struct RecordArgs {
     /// Reload the KVM module even when other VMs run (they will die).
     #[arg(long)]
     pub force: bool,
+    /// Reload the vendor module from this `.ko` file with insmod (for a
+    /// module loaded with insmod, e.g. a patched KVM); it must be the
+    /// running module.
+    #[arg(long, value_name = "FILE", requires = "ept")]
+    pub module: Option<PathBuf>,
+    /// Only put back the paging mode a killed record left switched, and
+    /// exit.
+    #[arg(long, conflicts_with_all = ["ept", "module", "command", "duration"])]
+    pub restore: bool,
     /// The workload; default: the built-in workload VM.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -83,35 +105,65 @@ fn default_workload(backend: Backend) -> anyhow::Result<Vec<String>> {
 
 /// What `record` does about the paging mode.
 enum Plan {
-    /// Record once, in whatever mode the host runs (`module`: the vendor
-    /// module whose mode is named in the recording, when there is one).
+    /// Record once, in whatever mode the host runs (the vendor module whose
+    /// mode is named in the recording, when there is one).
     Current(Option<VendorModule>),
-    /// Record once per mode, switching `module` between them.
-    Switch(VendorModule, Vec<bool>),
+    /// Record once per mode, switching the module between them; the
+    /// guard restores the original mode.
+    Switch(VendorModule, Restore, Vec<bool>),
 }
 
 impl Plan {
-    /// The plan for `--ept`, on this host.
-    fn new(ept: Option<Ept>) -> anyhow::Result<Self> {
+    /// The plan for `--ept` (and `--module`), on this host: a switch only
+    /// once reloading is proven safe.
+    fn new(ept: Option<Ept>, module_file: Option<&Path>) -> anyhow::Result<Self> {
         let module = match paging::switchable() {
-            Ok(m) => Some(m),
+            Ok(m) => m,
             Err(PagingError::NotSwitchable(why)) => {
                 if ept.is_some() {
                     eprintln!(
                         "exitprof: cannot switch the paging mode: {why}; recording the current mode only"
                     );
                 }
-                None
+                return Ok(Self::Current(None));
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(match (module, ept) {
-            (Some(m), Some(Ept::On)) => Self::Switch(m, vec![true]),
-            (Some(m), Some(Ept::Off)) => Self::Switch(m, vec![false]),
-            (Some(m), Some(Ept::Both)) => Self::Switch(m, vec![true, false]),
-            (module, _) => Self::Current(module),
-        })
+        let modes = match ept {
+            None => return Ok(Self::Current(Some(module))),
+            Some(Ept::On) => vec![true],
+            Some(Ept::Off) => vec![false],
+            Some(Ept::Both) => vec![true, false],
+        };
+        let reload = Reload::prove(Path::new(SYS_MODULE), &module, module_file, &System)?;
+        Ok(Self::Switch(module, Restore::new(reload)?, modes))
     }
+}
+
+/// Puts back what a killed record left switched, saying what it did.
+fn repair(quiet_when_clean: bool) -> anyhow::Result<()> {
+    match reload::repair()? {
+        Some(done) => {
+            eprintln!("exitprof: a record was stopped before it restored the paging mode: {done}");
+        }
+        None if !quiet_when_clean => eprintln!("exitprof: nothing to restore"),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Fails now, not after the runs, when the recording cannot be written.
+fn check_writable(path: &Path) -> anyhow::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot write the recording to {}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Runs `exitprof record`.
@@ -120,25 +172,26 @@ impl Plan {
 /// Profiling, switching or writing fails; the paging mode is restored.
 pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     signals::install();
+    if args.restore {
+        repair(false)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    repair(true)?;
+    check_writable(&args.output)?;
     let backend = backend::detect();
     let command = if args.command.is_empty() {
         default_workload(backend)?
     } else {
         args.command.clone()
     };
-    let plan = Plan::new(args.ept)?;
-    // Restores the original mode when dropped: on return, error or signal.
-    let restore = match &plan {
-        Plan::Switch(m, _) => Some(Restore::new(*m)?),
-        Plan::Current(_) => None,
-    };
+    let plan = Plan::new(args.ept, args.module.as_deref())?;
     let modes: Vec<Option<bool>> = match &plan {
-        Plan::Switch(_, modes) => modes.iter().copied().map(Some).collect(),
+        Plan::Switch(_, _, modes) => modes.iter().copied().map(Some).collect(),
         Plan::Current(Some(m)) => vec![Some(paging::nested(m)?)],
         Plan::Current(None) => vec![None],
     };
     let module = match &plan {
-        Plan::Switch(m, _) | Plan::Current(Some(m)) => Some(*m),
+        Plan::Switch(m, _, _) | Plan::Current(Some(m)) => Some(*m),
         Plan::Current(None) => None,
     };
     let mut runs = Vec::new();
@@ -146,7 +199,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         if signals::received().is_some() {
             break;
         }
-        if let (Plan::Switch(m, _), Some(nested)) = (&plan, nested)
+        if let (Plan::Switch(m, restore, _), Some(nested)) = (&plan, nested)
             && paging::nested(m)? != nested
         {
             if !args.force
@@ -159,7 +212,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
                 m.name,
                 paging::setting(m, nested)
             );
-            paging::reload(m, nested)?;
+            restore.reload().switch(nested)?;
         }
         let mode = nested.map_or(PagingMode::Current, PagingMode::of);
         eprintln!(
@@ -169,18 +222,11 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         );
         let outcome = profile(&Run {
             command: &command,
-            pids: &[],
-            all: false,
             duration: args.duration,
             // Per-process rows name the workload's pid in each run.
             breakdown: true,
-            map_entries: None,
-            cost: false,
-            attach: AttachMode::Auto,
-            in_flight: InFlightMode::Auto,
-            ready_file: None,
             interval: Some(args.interval),
-            sites: false,
+            ..Run::default()
         })?;
         if let Some(code) = outcome.status
             && code != 0
@@ -199,7 +245,8 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             total: outcome.snapshot,
         });
     }
-    drop(restore);
+    // Restores the original mode (the guard in the plan).
+    drop(plan);
     let recording = Recording {
         format: FORMAT.to_owned(),
         version: VERSION,

@@ -12,7 +12,8 @@ use crate::{
         recording::Recording,
     },
     present::{
-        report::{comparison_text, csv, svg},
+        chart,
+        report::{comparison_text, csv},
         table,
     },
 };
@@ -50,8 +51,9 @@ pub fn main(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         Vec::new()
     };
     if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&recording, &rows))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let svg = chart::svg(&recording, &rows)
+            .map_err(|e| anyhow::anyhow!("drawing the chart failed: {e}"))?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         #[derive(Serialize)]

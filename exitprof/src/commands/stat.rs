@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use crate::{
     bpf::{AttachMode, InFlightMode},
     cli::{parse_duration, parse_live_pid},
-    host::vmname,
+    host::{procfs, vmname},
     present::table,
     session::{Run, profile, signals},
 };
@@ -75,7 +75,7 @@ pub struct StatArgs {
     #[arg(long, value_name = "FILE")]
     pub guest_symbols: Option<PathBuf>,
     /// Capacity of the event maps (testing drop accounting).
-    #[arg(long, hide = true, value_name = "N")]
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: Option<u32>,
     /// The command to run and profile.
     #[arg(last = true, value_name = "COMMAND")]
@@ -87,6 +87,9 @@ pub struct StatArgs {
 /// # Errors
 /// Loading, attaching, spawning or reading fails; each error says why.
 pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = procfs::not_a_vm(&args.pids) {
+        anyhow::bail!(why);
+    }
     let symbols = args
         .guest_symbols
         .as_deref()

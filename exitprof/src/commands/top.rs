@@ -71,6 +71,9 @@ pub struct TopArgs {
 /// # Errors
 /// Loading, reading or the terminal fails; each error says why.
 pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
+    if let Some(why) = procfs::not_a_vm(&args.pids) {
+        anyhow::bail!(why);
+    }
     let symbols = args
         .guest_symbols
         .as_deref()

@@ -167,12 +167,15 @@ impl Vmlinux {
     /// # Errors
     /// When the file is missing or not BTF.
     pub fn load(dir: &Path) -> Result<Self, BtfError> {
-        Ok(Self(Blob::parse(
-            read(&dir.join("vmlinux"))?,
-            1,
-            0,
-            "vmlinux",
-        )?))
+        Self::from_bytes(read(&dir.join("vmlinux"))?)
+    }
+
+    /// vmlinux's BTF from its bytes.
+    ///
+    /// # Errors
+    /// When they are not BTF.
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self, BtfError> {
+        Ok(Self(Blob::parse(data, 1, 0, "vmlinux")?))
     }
 
     /// vmlinux with `module`'s split BTF from `dir` on top, when given.
@@ -180,17 +183,26 @@ impl Vmlinux {
     /// # Errors
     /// When the module's file is missing or not BTF.
     pub fn with_module(&self, dir: &Path, module: Option<&str>) -> Result<Btf<'_>, BtfError> {
+        match module {
+            Some(name) => self.with_module_bytes(read(&dir.join(name))?, name),
+            None => Ok(Btf {
+                base: &self.0,
+                module: None,
+            }),
+        }
+    }
+
+    /// vmlinux with the split BTF `data` of module `name` on top.
+    ///
+    /// # Errors
+    /// When `data` is not BTF.
+    pub fn with_module_bytes(&self, data: Vec<u8>, name: &str) -> Result<Btf<'_>, BtfError> {
         let base = &self.0;
-        let module = match module {
-            Some(name) => Some(Blob::parse(
-                read(&dir.join(name))?,
-                base.next_id(),
-                base.next_str(),
-                name,
-            )?),
-            None => None,
-        };
-        Ok(Btf { base, module })
+        let module = Blob::parse(data, base.next_id(), base.next_str(), name)?;
+        Ok(Btf {
+            base,
+            module: Some(module),
+        })
     }
 }
 

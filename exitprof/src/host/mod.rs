@@ -5,5 +5,6 @@ pub mod backend;
 pub mod btf;
 pub mod paging;
 pub mod procfs;
+pub mod reload;
 pub mod tracefs;
 pub mod vmname;

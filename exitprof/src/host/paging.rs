@@ -1,7 +1,7 @@
 //! The paging mode of the KVM vendor module: nested paging (EPT on Intel,
-//! NPT on AMD) or shadow paging, and switching it by reloading the module
-//! with `ept=`/`npt=`, every other parameter kept as it was.
-use std::{fs, path::Path, process::Command};
+//! NPT on AMD) or shadow paging. Switching it reloads the module, and
+//! putting it back (also after exitprof was killed) is `reload.rs`.
+use std::{fs, path::Path};
 
 use super::backend::{SYS_MODULE, VendorModule, detect_in, vendor_module, vendor_module_in};
 use crate::model::Backend;
@@ -17,7 +17,47 @@ pub enum PagingError {
         "another VM is running (pid {0}): reloading the KVM module would end it; stop it or pass --force"
     )]
     VmRunning(u32),
-    /// rmmod/modprobe failed.
+    /// Reloading cannot be shown to bring the same module back.
+    #[error("cannot reload {module} safely: {why}")]
+    Unprovable {
+        /// The module.
+        module: String,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// A reload failed and loading the original failed too.
+    #[error(
+        "{module} could not be loaded again ({why}); the host has no {module} now: restore it with `{commands}`"
+    )]
+    Stranded {
+        /// The module.
+        module: String,
+        /// What failed.
+        why: String,
+        /// The shell commands that restore the host.
+        commands: String,
+    },
+    /// A VM holds the module: it cannot be unloaded to restore it.
+    #[error(
+        "{module} is in use by pid {pid} ({comm}), a VM: stop it, then run `exitprof record --restore`"
+    )]
+    InUse {
+        /// The module.
+        module: String,
+        /// The VM's process.
+        pid: u32,
+        /// Its command name.
+        comm: String,
+    },
+    /// A restore state file is unreadable.
+    #[error("{path}: {why}")]
+    State {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// rmmod/modprobe/insmod failed.
     #[error("{command} failed: {why}")]
     Reload {
         /// The command.
@@ -81,17 +121,24 @@ pub fn switchable_in(sys_module: &Path) -> Result<VendorModule, PagingError> {
     ))
 }
 
-fn parameters_dir(m: &VendorModule) -> String {
-    format!("{SYS_MODULE}/{}/parameters", m.name)
-}
-
 /// Whether nested paging of `m` is on now.
 ///
 /// # Errors
 /// When the parameter cannot be read.
 pub fn nested(m: &VendorModule) -> Result<bool, PagingError> {
-    let path = format!("{}/{}", parameters_dir(m), m.param);
-    let value = fs::read_to_string(&path).map_err(|error| PagingError::Read { path, error })?;
+    nested_in(Path::new(SYS_MODULE), m)
+}
+
+/// As [`nested`], under `sys_module`.
+///
+/// # Errors
+/// When the parameter cannot be read.
+pub fn nested_in(sys_module: &Path, m: &VendorModule) -> Result<bool, PagingError> {
+    let path = sys_module.join(m.name).join("parameters").join(m.param);
+    let value = fs::read_to_string(&path).map_err(|error| PagingError::Read {
+        path: path.display().to_string(),
+        error,
+    })?;
     Ok(matches!(value.trim(), "Y" | "1"))
 }
 
@@ -99,82 +146,6 @@ pub fn nested(m: &VendorModule) -> Result<bool, PagingError> {
 #[must_use]
 pub fn setting(m: &VendorModule, nested: bool) -> String {
     format!("{}={}", m.param, u8::from(nested))
-}
-
-/// Reloads `m` with nested paging `nested`, every other parameter as it
-/// is now.
-///
-/// # Errors
-/// When rmmod or modprobe fails.
-pub fn reload(m: &VendorModule, nested: bool) -> Result<(), PagingError> {
-    let dir = parameters_dir(m);
-    let mut args = vec![setting(m, nested)];
-    let entries = fs::read_dir(&dir).map_err(|error| PagingError::Read {
-        path: dir.clone(),
-        error,
-    })?;
-    let mut others: Vec<(String, String)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let value = fs::read_to_string(e.path()).ok()?;
-            Some((name, value.trim().to_owned()))
-        })
-        .filter(|(name, value)| name != m.param && !value.is_empty() && !value.contains(' '))
-        .collect();
-    others.sort();
-    args.extend(others.into_iter().map(|(n, v)| format!("{n}={v}")));
-    run(Command::new("rmmod").arg(m.name))?;
-    run(Command::new("modprobe").arg(m.name).args(&args))
-}
-
-fn run(cmd: &mut Command) -> Result<(), PagingError> {
-    let command = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| PagingError::Reload {
-        command: command.clone(),
-        why: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(PagingError::Reload {
-            command,
-            why: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
-/// Puts the paging mode back as it was when dropped (after a failure, on
-/// Ctrl-C, at the end).
-pub struct Restore {
-    module: VendorModule,
-    nested: bool,
-}
-
-impl Restore {
-    /// Remembers the current mode of `module`.
-    ///
-    /// # Errors
-    /// When it cannot be read.
-    pub fn new(module: VendorModule) -> Result<Self, PagingError> {
-        let nested = nested(&module)?;
-        Ok(Self { module, nested })
-    }
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        if nested(&self.module).ok() != Some(self.nested) {
-            let setting = setting(&self.module, self.nested);
-            let name = self.module.name;
-            match reload(&self.module, self.nested) {
-                Ok(()) => eprintln!("exitprof: restored {name} {setting}"),
-                Err(e) => eprintln!(
-                    "exitprof: could not restore {name} {setting}: {e}; run `rmmod {name} && modprobe {name} {setting}`"
-                ),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,31 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|c| c.trim().to_owned())
 }
 
+/// Whether process `pid` holds a KVM file open (`/dev/kvm`, a VM or a
+/// vCPU); `None` when its descriptors cannot be read (not root).
+#[must_use]
+pub fn holds_kvm(pid: u32) -> Option<bool> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.filter_map(Result::ok).any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|l| {
+            let l = l.to_string_lossy();
+            l == "/dev/kvm" || l.starts_with("anon_inode:kvm-")
+        })
+    }))
+}
+
+/// The first of `pids` that is surely no VM (holds no KVM file), as a
+/// one-line reason, for `--pid` arguments.
+#[must_use]
+pub fn not_a_vm(pids: &[u32]) -> Option<String> {
+    pids.iter().find(|&&pid| holds_kvm(pid) == Some(false)).map(|&pid| {
+        format!(
+            "pid {pid} ({}) is not a VM: it has neither /dev/kvm nor a KVM VM open; give the VMM's pid (pidof qemu-system-x86_64), or run the VMM under `exitprof stat -- COMMAND`",
+            comm(pid).unwrap_or_else(|| "?".to_owned())
+        )
+    })
+}
+
 /// The first process other than `except` that holds a KVM VM open.
 #[must_use]
 pub fn other_vm(except: &[u32]) -> Option<u32> {

@@ -9,7 +9,7 @@
 //!            "snapshots": [Snapshot], "final": Snapshot}]}
 //! ```
 //!
-//! `Snapshot` is the `--json` contract of DESIGN.md; `snapshots` are
+//! `Snapshot` is the `--json` contract of README.md; `snapshots` are
 //! cumulative, one per interval; `final` covers the whole run.
 use std::path::Path;
 
@@ -165,9 +165,13 @@ impl Recording {
     /// See [`RecordingError`].
     pub fn load(path: &Path) -> Result<Self, RecordingError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| RecordingError::Io {
+        let bytes = std::fs::read(path).map_err(|error| RecordingError::Io {
             path: shown.clone(),
             error,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| RecordingError::NotARecording {
+            path: shown.clone(),
+            why: "not JSON (not even UTF-8 text)".to_owned(),
         })?;
         Self::parse(&text, &shown)
     }

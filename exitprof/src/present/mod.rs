@@ -1,6 +1,7 @@
 //! Presenters: turn a [`crate::model::Snapshot`] (or a recording, or a
 //! guest report) into text for people. They never touch maps and do no
 //! I/O.
+pub mod chart;
 pub mod events;
 pub mod guest;
 pub mod report;

@@ -192,7 +192,6 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
             );
         }
     }
-    out.push('\n');
 }
 
 /// `  0xffffffff81001012 native_cpuid+0x12`, or the RIP alone.
@@ -204,10 +203,16 @@ pub fn site_label(site: &SiteRow) -> String {
     }
 }
 
-/// The exit-handler event tables (one per kind of the event-kind table,
-/// under its exit reason where exits are seen), then the userspace exits.
+/// The exit-handler event tables (one per kind of the event-kind table
+/// that saw events, under its exit reason where exits are seen), then the
+/// userspace exits; a section without rows is left out, and when all are,
+/// one line says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
-    for group in event_groups(snapshot) {
+    let before = out.len();
+    for group in event_groups(snapshot)
+        .into_iter()
+        .filter(|g| !g.lines.is_empty())
+    {
         if group.title == USERSPACE_TITLE {
             let _ = writeln!(
                 out,
@@ -237,6 +242,11 @@ pub fn render_events(out: &mut String, snapshot: &Snapshot) {
             let _ = writeln!(out, "{:<44} {:>10} {:>10}", l.label, l.count, rate(l.rate));
         }
         out.push('\n');
+    }
+    if out.len() == before {
+        out.push_str(
+            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
+        );
     }
 }
 
@@ -399,6 +409,22 @@ mod tests {
         assert!(
             text.contains(
                 "\nhlt (0x78)                            1       0.67   25.00%           -    0.00%          -          -          -\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_sections_are_left_out() {
+        let text = render(&snapshot(), "all processes");
+        assert!(!text.contains("HYPERCALL"), "{text}");
+        assert!(!text.contains("MMIO GPA"), "{text}");
+        let mut quiet = snapshot();
+        quiet.events = crate::model::Events::default();
+        let text = render(&quiet, "all processes");
+        assert!(
+            text.contains(
+                "\nno exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n"
             ),
             "{text}"
         );

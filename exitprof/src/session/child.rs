@@ -4,6 +4,31 @@ use std::{ffi::CString, io::Write as _, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, bail};
 
+/// Whether `program` names something `execvp` can run: a path to an
+/// executable file, or a name found on `PATH`.
+///
+/// # Errors
+/// A one-line reason.
+pub fn runnable(program: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        executable(std::path::Path::new(program))
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        bail!("cannot run `{program}`: no such executable (a path, or a program on PATH)")
+    }
+}
+
 /// A command forked by a profiling run, held before `exec` until released.
 pub struct GatedChild {
     pid: libc::pid_t,

@@ -19,6 +19,7 @@ use crate::{
 use child::GatedChild;
 
 /// What to profile, and for how long.
+#[derive(Default)]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "the switches of one run, each its own command-line flag"
@@ -109,6 +110,9 @@ const NAME_EVERY: Duration = Duration::from_millis(200);
 /// # Errors
 /// Loading, attaching, spawning or reading fails.
 pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
+    if let Some(program) = run.command.first() {
+        child::runnable(program)?;
+    }
     let filter = if !run.pids.is_empty() {
         Filter::Tracked(run.pids.to_vec())
     } else if run.command.is_empty() || run.all {

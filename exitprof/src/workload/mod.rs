@@ -134,6 +134,9 @@ pub struct Requested {
 ///
 /// # Errors
 /// See [`WorkloadError`].
+///
+/// # Panics
+/// When a vCPU thread panics (a bug: they return errors).
 pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
     let args = &spec.per_round;
     let backend = backend::detect();
@@ -166,7 +169,8 @@ pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
         hypercall: (args.hypercall, args.hypercall_nr),
         hlt: args.hlt,
         paging: args.paging,
-        queries: u32::try_from(spec.queries.len()).expect("at most MAX_QUERIES"),
+        queries: u32::try_from(spec.queries.len())
+            .map_err(|_| WorkloadError::TooManyQueries(spec.queries.len()))?,
     };
     let hypercall = if backend == Backend::Vmx {
         Hypercall::Vmcall

@@ -132,7 +132,7 @@ const KVM_AMD_MODULES: &[&str] = &[
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "insmod", "rmmod", "cat", "echo", "grep", "sed", "sort", "uniq",
     "tail", "head", "wc", "sleep", "poweroff", "ls", "dmesg", "kill", "pidof", "tr", "cut", "awk",
-    "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe",
+    "true", "false", "test", "[", "uname", "timeout", "depmod", "modprobe", "modinfo", "cp", "mv",
 ];
 
 /// The tracers `cargo xtask bench` compares exitprof with, and bpftool

@@ -6,6 +6,7 @@ use crate::sandbox::{Kernel, Scenario, run_scenario};
 mod common;
 mod mirror;
 mod record;
+mod reload;
 mod vmexit;
 
 /// Runs every scenario whose name contains `only` (all without it);
@@ -19,6 +20,11 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
     }
     if wanted("record-ept-both") {
         record::record_ept_both(kernel, exitprof)?;
+        passed += 1;
+    }
+    if wanted("module-reload") {
+        let modules = crate::kernel::build(kernel)?;
+        reload::module_reload(kernel, exitprof, &modules)?;
         passed += 1;
     }
     if wanted("guest-cpuid-mirror") {

@@ -1,5 +1,6 @@
 //! The tasks the README names: `setup`, `demo`, `test` (and `e2e`, the
 //! sandbox part of `test`).
+pub mod fuzz;
 pub mod setup;
 
 use std::{path::Path, process::Command};
@@ -105,6 +106,16 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
     tally.count("cargo test", cargo_test(&root, &[], &[]));
     println!("[test] unit tests in a copy of the repository with nothing beside it");
     tally.count("isolated unit tests", isolated_unit_tests(&root));
+    // The parsers of what the kernel or a user hands us, briefly, from the
+    // committed seeds (`cargo xtask fuzz` runs them longer).
+    println!("[test] fuzz targets, {FUZZ_SECONDS} s each");
+    tally.each(
+        "fuzz targets",
+        fuzz::fuzz(&fuzz::FuzzArgs {
+            seconds: FUZZ_SECONDS,
+            target: None,
+        }),
+    );
     println!("[test] nested SVM sandbox");
     tally.each("sandbox scenarios", e2e(args));
     if args.only.is_none() {
@@ -172,6 +183,9 @@ pub fn lint() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS: u64 = 20;
 
 /// Passed and failed tests over the stages of `cargo xtask test`, and the
 /// first error of each failed stage.

@@ -48,6 +48,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// cargo-fuzz version of `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// bpf-linker version that builds with LLVM 22 and aya 0.14.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -60,6 +63,7 @@ pub fn setup() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     println!("[setup] ready ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -174,4 +178,24 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         ])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
     .context("building bpf-linker failed: check that llvm-22-dev is installed (/usr/lib/llvm-22)")
+}
+
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if version
+        .as_deref()
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
+    {
+        println!("[setup] cargo-fuzz {CARGO_FUZZ_VERSION}: present");
+        return Ok(());
+    }
+    println!("[setup] building cargo-fuzz {CARGO_FUZZ_VERSION} (cargo xtask fuzz; about 1 minute)");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
+    .context("building cargo-fuzz failed: is crates.io reachable?")
 }
