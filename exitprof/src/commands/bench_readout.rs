@@ -2,6 +2,8 @@
 //! snapshot takes with a per-vCPU map of KEYS synthetic keys.
 use std::{process::ExitCode, time::Instant};
 
+use exitprof_common::maps::BREAKDOWN_MAP_ENTRIES;
+
 use crate::bpf::{AttachMode, Filter, InFlightMode, Options, Profiler};
 
 /// Arguments of `exitprof bench-readout`.
@@ -23,7 +25,8 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
     let mut profiler = Profiler::start(&Options {
         filter: Filter::All,
         breakdown: true,
-        map_entries: None,
+        // Room for every key (the built-in capacity is 16,384).
+        map_entries: (args.keys > BREAKDOWN_MAP_ENTRIES).then_some(args.keys),
         cost: false,
         attach: AttachMode::Auto,
         in_flight: InFlightMode::Auto,

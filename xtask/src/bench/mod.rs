@@ -7,6 +7,9 @@
 //! - host (real CPU, PVM backend: handler events only): per-event program
 //!   cost from the kernel's BPF statistics, and the slowdown of a CPUID
 //!   storm under exitprof (raw, classic) and bpftrace;
+//! - real guest (in the sandbox, QEMU with KVM boots Linux with a fixed
+//!   workload): end-to-end time under every tracer, and exitprof's event
+//!   rate: the headline;
 //! - sandbox (nested SVM under QEMU TCG: inflated, compare only ratios):
 //!   per-event cost of `kvm_exit`/`kvm_entry` in both modes and
 //!   bpftrace's, and the slowdown of a CPUID storm and an I/O storm under
@@ -17,6 +20,7 @@ use std::{fs, process::Command};
 
 use anyhow::Context as _;
 
+mod guest;
 mod host;
 mod nested;
 mod report;
@@ -24,6 +28,9 @@ mod tools;
 mod types;
 
 use types::{FULL, Report, SMOKE};
+
+/// Keys in the per-vCPU map of each readout measurement.
+const READOUT_KEYS: [u32; 4] = [10, 1_000, 10_000, 100_000];
 
 use crate::util::{build_release, workspace_root};
 
@@ -33,6 +40,11 @@ pub struct BenchArgs {
     /// Small counts and one repetition: checks that the bench works.
     #[arg(long)]
     pub smoke: bool,
+    /// Run only these parts (comma-separated: host, readout, tui, sandbox,
+    /// guest); the report then holds only their figures and is written to
+    /// `bench-PARTS.json`.
+    #[arg(long, value_delimiter = ',', value_parser = ["host", "readout", "tui", "sandbox", "guest"])]
+    pub only: Vec<String>,
 }
 
 /// `cargo xtask bench`.
@@ -47,37 +59,56 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         ..Report::default()
     };
-    println!("[bench] host: per-event cost and CPUID-storm slowdown");
-    host::host(&exitprof, &sizes, &mut report)?;
-    println!("[bench] readout");
-    for keys in [10, 1_000, 10_000] {
-        let out = tools::command_output(Command::new(&exitprof).args([
-            "bench-readout",
-            "--keys",
-            &keys.to_string(),
-            "--repeat",
-            &sizes.readout_repeat.to_string(),
-        ]))?;
-        report
-            .readout
-            .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
+    let part = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    if part("host") {
+        println!("[bench] host: per-event cost and CPUID-storm slowdown");
+        host::host(&exitprof, &sizes, &mut report)?;
     }
-    println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
-    report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
-    println!("[bench] sandbox (one boot)");
-    nested::sandbox_bench(&exitprof, &sizes, &mut report)?;
+    if part("readout") {
+        println!("[bench] readout");
+        for keys in READOUT_KEYS {
+            let out = tools::command_output(Command::new(&exitprof).args([
+                "bench-readout",
+                "--keys",
+                &keys.to_string(),
+                "--repeat",
+                &sizes.readout_repeat.to_string(),
+            ]))?;
+            report
+                .readout
+                .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
+        }
+    }
+    if part("tui") {
+        println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
+        report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
+    }
+    if part("sandbox") {
+        println!("[bench] sandbox: micro-storms (one boot)");
+        nested::sandbox_bench(&exitprof, &sizes, &mut report)?;
+    }
+    if part("guest") {
+        println!("[bench] sandbox: a real guest under every tracer (one boot)");
+        let kernel = crate::sandbox::fetch_kernel()?;
+        guest::guest_bench(&kernel, &exitprof, &sizes, &mut report)?;
+    }
     report::targets(&mut report);
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
-    let path = dir.join(if args.smoke {
-        "bench-smoke.json"
+    let name = if args.only.is_empty() {
+        "bench".to_owned()
     } else {
-        "bench.json"
+        format!("bench-{}", args.only.join("-"))
+    };
+    let path = dir.join(if args.smoke {
+        format!("{name}-smoke.json")
+    } else {
+        format!("{name}.json")
     });
     fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     print!("{}", report::render(&report));
     println!("[bench] wrote {}", path.display());
-    if args.smoke {
+    if args.smoke && args.only.is_empty() {
         report::check_smoke(&report)?;
     }
     Ok(())

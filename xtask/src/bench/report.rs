@@ -7,6 +7,7 @@ use super::types::Report;
 
 /// The issue's targets.
 pub(super) fn targets(r: &mut Report) {
+    guest_targets(r);
     // Added slowdown: exitprof raw below bpftrace and perf.
     for (scope, workload, others) in [
         ("sandbox", "cpuid-storm", &["bpftrace", "perf"][..]),
@@ -69,7 +70,14 @@ pub(super) fn targets(r: &mut Report) {
         .map(|c| (c.program.clone(), c.ns_per_run))
         .collect();
     for (program, ns) in handlers {
-        r.target(&format!("host: {program} ns per run"), ns, 100.0);
+        // Issue #16: a return to user space (count, and a timestamp in
+        // the thread's record) in at most 120 ns; the rest in 100.
+        let limit = if program == "kvm_userspace_exit_raw" {
+            120.0
+        } else {
+            100.0
+        };
+        r.target(&format!("host: {program} ns per run"), ns, limit);
     }
     let ten_k = r
         .readout
@@ -81,7 +89,7 @@ pub(super) fn targets(r: &mut Report) {
         r.target(
             "readout: one snapshot of 10,000 keys, ms",
             ns as f64 / 1e6,
-            10.0,
+            5.0,
         );
     }
     if let Some(tui) = r.tui.clone() {
@@ -98,9 +106,40 @@ pub(super) fn targets(r: &mut Report) {
     }
 }
 
+/// The real guest: exitprof raw's slowdown below bpftrace's and perf
+/// record's (acceptance), and its added overhead at most a quarter of
+/// perf record's (the compass).
+fn guest_targets(r: &mut Report) {
+    let guest = &r.guest;
+    let ratio = |t: &str| guest.iter().find(|g| g.tracer == t).map(|g| g.ratio);
+    let Some(ours) = ratio("exitprof-raw") else {
+        return;
+    };
+    let others: Vec<(&str, f64)> = ["bpftrace", "perf-record"]
+        .iter()
+        .filter_map(|t| Some((*t, ratio(t)?)))
+        .collect();
+    let perf = ratio("perf-record");
+    for (other, theirs) in others {
+        r.target(
+            &format!("real guest: slowdown of exitprof-raw / of {other}"),
+            ours / theirs,
+            1.0,
+        );
+    }
+    if let Some(perf) = perf {
+        r.target(
+            "real guest: added time of exitprof-raw / of perf-record (compass: 1/4)",
+            (ours - 1.0) / (perf - 1.0),
+            0.25,
+        );
+    }
+}
+
 /// The short table.
 pub(super) fn render(r: &Report) -> String {
     let mut out = String::new();
+    super::guest::render(r, &mut out);
     let _ = writeln!(out, "\nPER-EVENT COST (kernel BPF statistics)");
     for (scope, costs) in [("host", &r.host_cost), ("sandbox (TCG)", &r.sandbox_cost)] {
         for c in costs {
@@ -207,8 +246,20 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
         "smoke: a workload took no time"
     );
     ensure!(
-        r.readout.len() == 3 && r.tui.is_some(),
+        r.readout.len() == super::READOUT_KEYS.len() && r.tui.is_some(),
         "smoke: readout or tui missing"
+    );
+    ensure!(
+        r.guest.len() == 2
+            && r.guest
+                .iter()
+                .all(|g| g.median_s > 0.0 && g.ratio.is_finite())
+            && r.guest_events
+                .iter()
+                .any(|e| e.tracer == "exitprof-raw" && e.exits > 0),
+        "smoke: real guest times {:?} / exitprof's events {:?}",
+        r.guest,
+        r.guest_events
     );
     ensure!(
         r.targets.len() >= 10,

@@ -2,6 +2,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::guest::{GuestEvents, GuestTime, GuestWork};
+
 /// Workload sizes and repetitions.
 pub(super) struct Sizes {
     pub(super) host_cpuid: u32,
@@ -14,6 +16,14 @@ pub(super) struct Sizes {
     /// Longest the sandbox boot may take before it counts as a stall of
     /// the TCG emulation (and is retried once).
     pub(super) sandbox_timeout_s: u64,
+    /// The real guest's work.
+    pub(super) guest_work: GuestWork,
+    /// Rounds of the real guest under every tracer.
+    pub(super) guest_rounds: usize,
+    /// Which tracers the real guest runs under.
+    pub(super) guest_tracers: &'static [&'static str],
+    /// Longest the real-guest sandbox boot may take.
+    pub(super) guest_timeout_s: u64,
 }
 
 pub(super) const FULL: Sizes = Sizes {
@@ -25,6 +35,16 @@ pub(super) const FULL: Sizes = Sizes {
     readout_repeat: 20,
     tui_seconds: 60,
     sandbox_timeout_s: 1800,
+    guest_work: GuestWork {
+        console_lines: 2_000,
+        cpu_loop: 200_000,
+        fault_mb: 150,
+        fault_rounds: 2,
+        sleeps: 40,
+    },
+    guest_rounds: 3,
+    guest_tracers: super::guest::TRACERS,
+    guest_timeout_s: 5400,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
@@ -36,6 +56,16 @@ pub(super) const SMOKE: Sizes = Sizes {
     readout_repeat: 3,
     tui_seconds: 5,
     sandbox_timeout_s: 300,
+    guest_work: GuestWork {
+        console_lines: 20,
+        cpu_loop: 1_000,
+        fault_mb: 8,
+        fault_rounds: 1,
+        sleeps: 2,
+    },
+    guest_rounds: 1,
+    guest_tracers: &["none", "exitprof-raw"],
+    guest_timeout_s: 600,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
@@ -89,6 +119,12 @@ pub(super) struct Report {
     pub(super) sandbox_slowdown: Vec<Slowdown>,
     pub(super) readout: Vec<Value>,
     pub(super) tui: Option<Value>,
+    /// The real guest's work, when that part ran.
+    pub(super) guest_work: Option<GuestWork>,
+    /// The real guest's times under each tracer.
+    pub(super) guest: Vec<GuestTime>,
+    /// What exitprof counted while the real guest ran.
+    pub(super) guest_events: Vec<GuestEvents>,
     pub(super) targets: Vec<Target>,
 }
 

@@ -292,13 +292,27 @@ pub fn run_scenario(
     exitprof: &Path,
     scenario: &Scenario,
 ) -> anyhow::Result<Results> {
-    match boot(kernel, exitprof, scenario) {
+    run_scenario_with_memory(kernel, exitprof, scenario, DEFAULT_MEMORY_MB)
+}
+
+/// Guest RAM of the sandbox, unless a scenario needs more.
+pub const DEFAULT_MEMORY_MB: u32 = 1024;
+
+/// [`run_scenario`] with `memory_mb` of sandbox RAM (a real VMM with a
+/// guest OS inside the sandbox needs more than the default).
+pub fn run_scenario_with_memory(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+    memory_mb: u32,
+) -> anyhow::Result<Results> {
+    match boot(kernel, exitprof, scenario, memory_mb) {
         Err(e) if e.downcast_ref::<Stalled>().is_some() => {
             println!(
                 "[sandbox] {}: WARNING: {e:#}; booting again once",
                 scenario.name
             );
-            boot(kernel, exitprof, scenario)
+            boot(kernel, exitprof, scenario, memory_mb)
         }
         other => other,
     }
@@ -317,7 +331,12 @@ impl std::fmt::Display for Stalled {
 impl std::error::Error for Stalled {}
 
 /// One boot of `scenario`.
-fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result<Results> {
+fn boot(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+    memory_mb: u32,
+) -> anyhow::Result<Results> {
     let started = Instant::now();
     let initramfs = build_initramfs(kernel, exitprof, scenario)?;
     let log = sandbox_dir().join(format!("{}.log", scenario.name));
@@ -330,24 +349,18 @@ fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result
         u8::from(scenario.npt)
     );
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-cpu",
-        "qemu64,+svm,+npt",
-        "-m",
-        "1024",
-        "-smp",
-    ])
-    .arg(scenario.cpus.to_string())
-    .arg("-kernel")
-    .arg(&kernel.vmlinuz)
-    .arg("-initrd")
-    .arg(&initramfs)
-    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
-    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-    .arg("-serial")
-    .arg(format!("file:{}", log.display()));
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m"])
+        .arg(memory_mb.to_string())
+        .arg("-smp")
+        .arg(scenario.cpus.to_string())
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initramfs)
+        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {cmd:?}"))?;

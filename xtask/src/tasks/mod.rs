@@ -124,7 +124,10 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
         println!("[test] cargo xtask bench --smoke");
         tally.one(
             "bench smoke run",
-            crate::bench::bench(&crate::bench::BenchArgs { smoke: true }),
+            crate::bench::bench(&crate::bench::BenchArgs {
+                smoke: true,
+                only: Vec::new(),
+            }),
         );
     }
     tally.finish()
