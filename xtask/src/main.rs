@@ -7,6 +7,7 @@
 //! - `e2e`: the nested SVM sandbox scenarios only
 //! - `kernel`: the patched KVM modules for the sandbox kernel
 //! - `bench`: exitprof's cost side by side with bpftrace and perf
+//! - `soak`: VMs coming and going under exitprof for 10 minutes
 //! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
 
 mod bench;
@@ -14,6 +15,7 @@ mod kernel;
 mod layers;
 mod sandbox;
 mod scenarios;
+mod soak;
 mod tasks;
 mod util;
 
@@ -51,6 +53,13 @@ enum Task {
     /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
     /// (host and sandbox); writes target/bench/bench.json.
     Bench(bench::BenchArgs),
+    /// Churn workload VMs (1-8 vCPUs, up to 50 at once, some killed with
+    /// SIGKILL) under exitprof top and stat for 10 minutes, and check
+    /// memory, maps, drops, exact counts and CPU; writes target/soak/.
+    Soak(soak::SoakArgs),
+    /// The soak's churn, run as exitprof stat's command (internal).
+    #[command(hide = true)]
+    SoakChurn(soak::churn::ChurnArgs),
     /// Boot the sandbox once and run a shell script in it (exitprof is on
     /// PATH); prints the serial log. For trying things by hand.
     Sandbox {
@@ -87,6 +96,11 @@ fn main() -> anyhow::Result<()> {
             kernel::kernel()
         }
         Task::KernelHeader => kernel::write_header_patch(),
+        Task::Soak(args) => {
+            tasks::setup::setup()?;
+            soak::soak(&args)
+        }
+        Task::SoakChurn(args) => soak::churn::churn(&args),
         Task::Bench(args) => {
             tasks::setup::setup()?;
             bench::bench(&args)

@@ -116,6 +116,16 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             target: None,
         }),
     );
+    // VMs coming and going under exitprof top and stat, briefly (`cargo
+    // xtask soak` runs it for 10 minutes).
+    if args.only.is_none() {
+        println!("[test] soak, {} s of VM churn", crate::soak::SHORT.seconds);
+        let exitprof = workspace_root().join("target/release/exitprof");
+        tally.one(
+            "short soak",
+            crate::soak::run(&exitprof, &crate::soak::SHORT),
+        );
+    }
     println!("[test] nested SVM sandbox");
     tally.each("sandbox scenarios", e2e(args));
     if args.only.is_none() {
