@@ -5,81 +5,20 @@
 //! interleaved round by round. Every tracer is attached before the clock
 //! starts: exitprof through `--ready-file`, bpftrace when its program is
 //! loaded, perf when its events are open (then 2 s more).
-use std::{
-    fmt::Write as _,
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
-use serde::Serialize;
 use serde_json::Value;
 
-use super::types::{BPFTRACE_VMEXIT, Report, Sizes, median};
-use crate::{
-    sandbox::{self, BENCH_TOOLS, Kernel, Results, Scenario},
-    util::run,
+use super::{
+    l2::{firmware, guest_initramfs, kvm_stat},
+    types::{BPFTRACE_VMEXIT, GuestEvents, GuestTime, Report, Sizes, TRACERS, median},
 };
+use crate::sandbox::{self, BENCH_TOOLS, Kernel, Results, Scenario};
 
 /// Sandbox RAM for this part: the tools (~240 MB unpacked), QEMU and
 /// its libraries, the guest's 256 MB and perf's recording.
 const MEMORY_MB: u32 = 2048;
-
-/// What the guest's `/init` does, once.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub(super) struct GuestWork {
-    /// Lines of 72 characters written to the serial console (each byte an
-    /// `out` that QEMU, in user space, handles).
-    pub(super) console_lines: u32,
-    /// Iterations of a shell arithmetic loop (CPU, no exits).
-    pub(super) cpu_loop: u32,
-    /// MB written into a fresh tmpfs file and freed, per round: the first
-    /// touch of every guest page faults (nested page faults in the host).
-    pub(super) fault_mb: u32,
-    /// Rounds of `fault_mb`.
-    pub(super) fault_rounds: u32,
-    /// `sleep 0.05` calls (HLT, timer interrupts).
-    pub(super) sleeps: u32,
-}
-
-/// The tracers, in the order each round runs them.
-pub(super) const TRACERS: &[&str] = &[
-    "none",
-    "exitprof-raw",
-    "exitprof-classic",
-    "bpftrace",
-    "perf-record",
-    "perf-live",
-];
-
-/// One tracer's end-to-end guest times.
-#[derive(Debug, Serialize)]
-pub(super) struct GuestTime {
-    pub(super) tracer: String,
-    pub(super) rounds: usize,
-    pub(super) median_s: f64,
-    pub(super) min_s: f64,
-    pub(super) max_s: f64,
-    /// Median over the untraced median.
-    pub(super) ratio: f64,
-}
-
-/// What exitprof counted during one guest run.
-#[derive(Debug, Serialize)]
-pub(super) struct GuestEvents {
-    pub(super) tracer: String,
-    pub(super) seconds: f64,
-    /// `kvm_exit`s counted.
-    pub(super) exits: u64,
-    /// Events its programs handled: exits, entries, handler events and
-    /// returns to user space.
-    pub(super) events: u64,
-    pub(super) exits_per_s: f64,
-    pub(super) events_per_s: f64,
-}
 
 /// The real-guest part: one sandbox boot, every tracer, `rounds` rounds.
 pub(super) fn guest_bench(
@@ -104,10 +43,25 @@ pub(super) fn guest_bench(
         })
         .collect();
     extra.extend(firmware.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    let python = if sizes.guest_tracers.contains(&"kvm_stat") {
+        match kvm_stat(kernel) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                println!("[bench] kvm_stat left out: {e:#}");
+                report.guest_notes.push(format!("kvm_stat left out: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(files) = &python {
+        extra.extend(files.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    }
     let tracers: Vec<&str> = TRACERS
         .iter()
         .copied()
-        .filter(|t| sizes.guest_tracers.contains(t))
+        .filter(|t| sizes.guest_tracers.contains(t) && (*t != "kvm_stat" || python.is_some()))
         .collect();
     let script = script(sizes.guest_rounds, &tracers);
     let results = sandbox::run_scenario_with_memory(
@@ -174,6 +128,7 @@ for r in $(seq {rounds}); do
       bpftrace) bpftrace -e "$BT" > /dev/null 2>&1 & PID=$!; wait_prog kvm_exit ;;
       perf-record) perf kvm stat record -a -o /tmp/perf.data > /dev/null 2>&1 & PID=$!; wait_perf $PID ;;
       perf-live) perf kvm stat live -d 1 < /dev/null > /dev/null 2>&1 & PID=$!; wait_perf $PID ;;
+      kvm_stat) /usr/bin/python3.11 /bin/kvm_stat -t -l -s 1 < /dev/null > /dev/null 2>&1 & PID=$!; wait_perf $PID ;;
     esac
     t0=$(up)
     $G -append "$A" > /tmp/l2.log 2>&1
@@ -199,101 +154,6 @@ wait $QEMU
 "#,
         tracers = tracers.join(" ")
     )
-}
-
-/// The guest's `/init`: the fixed work, then power off.
-fn guest_init(w: &GuestWork) -> String {
-    format!(
-        r#"#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t devtmpfs dev /dev
-mount -t tmpfs -o size=200m tmp /tmp
-i=0
-while [ $i -lt {lines} ]; do
-  echo "exitprof real-guest bench: console line $i of {lines} ................"
-  i=$((i+1))
-done
-i=0
-while [ $i -lt {cpu} ]; do i=$((i+1)); done
-r=0
-while [ $r -lt {fault_rounds} ]; do
-  dd if=/dev/zero of=/tmp/fault bs=1M count={fault_mb} 2>/dev/null
-  rm /tmp/fault
-  r=$((r+1))
-done
-i=0
-while [ $i -lt {sleeps} ]; do sleep 0.05; i=$((i+1)); done
-echo "@@L2 done"
-poweroff -f
-"#,
-        lines = w.console_lines,
-        cpu = w.cpu_loop,
-        fault_rounds = w.fault_rounds,
-        fault_mb = w.fault_mb,
-        sleeps = w.sleeps,
-    )
-}
-
-/// Packs the guest's initramfs (busybox and `/init`) under
-/// `target/sandbox`.
-fn guest_initramfs(work: &GuestWork) -> anyhow::Result<PathBuf> {
-    let root = sandbox::sandbox_dir().join("initramfs").join("l2-guest");
-    let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "proc", "dev", "tmp"] {
-        fs::create_dir_all(root.join(dir))?;
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
-    for applet in [
-        "sh", "mount", "echo", "dd", "rm", "sleep", "poweroff", "grep", "cat",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let init = root.join("init");
-    fs::write(&init, guest_init(work))?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-    let image = sandbox::sandbox_dir().join("l2-guest.initramfs.gz");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "find . -print | cpio -o -H newc --quiet | gzip -1 > {}",
-            image.display()
-        ))
-        .current_dir(&root))?;
-    Ok(image)
-}
-
-/// The firmware `qemu-system-x86_64 -L` needs for `-kernel` on the PC
-/// machine: the BIOS (seabios), the option ROM that loads the kernel, the vAPIC
-/// ROM.
-fn firmware() -> anyhow::Result<Vec<PathBuf>> {
-    let want = [
-        "bios-256k.bin",
-        "linuxboot_dma.bin",
-        "kvmvapic.bin",
-        "efi-e1000.rom",
-    ];
-    let dirs = [
-        "/usr/share/seabios",
-        "/usr/share/qemu",
-        "/usr/lib/ipxe/qemu",
-    ];
-    let mut found = Vec::new();
-    for name in want {
-        match dirs
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.exists())
-        {
-            Some(p) => found.push(p),
-            // -nodefaults has no NIC: its ROM is optional.
-            None if name == "efi-e1000.rom" => {}
-            None => bail!(
-                "{name} not found in {dirs:?}: install qemu-system-x86 and seabios (`cargo xtask setup`)"
-            ),
-        }
-    }
-    Ok(found)
 }
 
 /// The guest times and exitprof's event rates from the sandbox's lines.
@@ -445,6 +305,9 @@ pub(super) fn render(r: &Report, out: &mut String) {
             t.tracer, t.median_s, t.ratio, t.min_s, t.max_s, t.rounds
         );
     }
+    for note in &r.guest_notes {
+        let _ = writeln!(out, "  ({note})");
+    }
     for e in &r.guest_events {
         let _ = writeln!(
             out,
@@ -483,19 +346,5 @@ mod tests {
         assert!(check_attached_snapshot("x", &snap(row(6, 900))).is_err());
         assert!(check_attached_snapshot("x", &snap(row(5, 2000))).is_err());
         assert!(check_attached_snapshot("x", &serde_json::json!({"exits": []})).is_err());
-    }
-
-    #[test]
-    fn the_guest_init_does_the_work_then_powers_off() {
-        let init = guest_init(&GuestWork {
-            console_lines: 3,
-            cpu_loop: 4,
-            fault_mb: 5,
-            fault_rounds: 6,
-            sleeps: 7,
-        });
-        assert!(init.contains("while [ $i -lt 3 ]"));
-        assert!(init.contains("bs=1M count=5"));
-        assert!(init.trim_end().ends_with("echo \"@@L2 done\"\npoweroff -f"));
     }
 }

@@ -22,15 +22,13 @@ use anyhow::Context as _;
 
 mod guest;
 mod host;
+mod l2;
 mod nested;
 mod report;
 mod tools;
 mod types;
 
-use types::{FULL, Report, SMOKE};
-
-/// Keys in the per-vCPU map of each readout measurement.
-const READOUT_KEYS: [u32; 4] = [10, 1_000, 10_000, 100_000];
+use types::{FULL, READOUT_KEYS, Report, SMOKE};
 
 use crate::util::{build_release, workspace_root};
 

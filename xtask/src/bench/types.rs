@@ -2,7 +2,62 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::guest::{GuestEvents, GuestTime, GuestWork};
+/// What the guest's `/init` does, once.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(super) struct GuestWork {
+    /// Lines of 72 characters written to the serial console (each byte an
+    /// `out` that QEMU, in user space, handles).
+    pub(super) console_lines: u32,
+    /// Iterations of a shell arithmetic loop (CPU, no exits).
+    pub(super) cpu_loop: u32,
+    /// MB written into a fresh tmpfs file and freed, per round: the first
+    /// touch of every guest page faults (nested page faults in the host).
+    pub(super) fault_mb: u32,
+    /// Rounds of `fault_mb`.
+    pub(super) fault_rounds: u32,
+    /// `sleep 0.05` calls (HLT, timer interrupts).
+    pub(super) sleeps: u32,
+}
+
+/// The tracers, in the order each round runs them.
+pub(super) const TRACERS: &[&str] = &[
+    "none",
+    "exitprof-raw",
+    "exitprof-classic",
+    "bpftrace",
+    "perf-record",
+    "perf-live",
+    "kvm_stat",
+];
+
+/// One tracer's end-to-end guest times.
+#[derive(Debug, Serialize)]
+pub(super) struct GuestTime {
+    pub(super) tracer: String,
+    pub(super) rounds: usize,
+    pub(super) median_s: f64,
+    pub(super) min_s: f64,
+    pub(super) max_s: f64,
+    /// Median over the untraced median.
+    pub(super) ratio: f64,
+}
+
+/// What exitprof counted during one guest run.
+#[derive(Debug, Serialize)]
+pub(super) struct GuestEvents {
+    pub(super) tracer: String,
+    pub(super) seconds: f64,
+    /// `kvm_exit`s counted.
+    pub(super) exits: u64,
+    /// Events its programs handled: exits, entries, handler events and
+    /// returns to user space.
+    pub(super) events: u64,
+    pub(super) exits_per_s: f64,
+    pub(super) events_per_s: f64,
+}
+
+/// Keys in the per-vCPU map of each readout measurement.
+pub(super) const READOUT_KEYS: [u32; 4] = [10, 1_000, 10_000, 100_000];
 
 /// Workload sizes and repetitions.
 pub(super) struct Sizes {
@@ -43,7 +98,7 @@ pub(super) const FULL: Sizes = Sizes {
         sleeps: 40,
     },
     guest_rounds: 3,
-    guest_tracers: super::guest::TRACERS,
+    guest_tracers: TRACERS,
     guest_timeout_s: 5400,
 };
 
@@ -64,7 +119,7 @@ pub(super) const SMOKE: Sizes = Sizes {
         sleeps: 2,
     },
     guest_rounds: 1,
-    guest_tracers: &["none", "exitprof-raw"],
+    guest_tracers: &["none", "exitprof-raw", "kvm_stat"],
     guest_timeout_s: 600,
 };
 
@@ -125,6 +180,8 @@ pub(super) struct Report {
     pub(super) guest: Vec<GuestTime>,
     /// What exitprof counted while the real guest ran.
     pub(super) guest_events: Vec<GuestEvents>,
+    /// Why a tracer of the real guest was left out, if one was.
+    pub(super) guest_notes: Vec<String>,
     pub(super) targets: Vec<Target>,
 }
 

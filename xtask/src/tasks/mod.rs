@@ -116,6 +116,8 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             target: None,
         }),
     );
+    println!("[test] nested SVM sandbox");
+    tally.each("sandbox scenarios", e2e(args));
     // VMs coming and going under exitprof top and stat, briefly (`cargo
     // xtask soak` runs it for 10 minutes).
     if args.only.is_none() {
@@ -126,8 +128,6 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             crate::soak::run(&exitprof, &crate::soak::SHORT),
         );
     }
-    println!("[test] nested SVM sandbox");
-    tally.each("sandbox scenarios", e2e(args));
     if args.only.is_none() {
         // The bench with small counts, so that it cannot rot (its numbers
         // are not judged here).
