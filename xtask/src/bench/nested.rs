@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{
     tools::{bpftool_costs, exitprof_costs, push_slowdowns},
-    types::{BPFTRACE_VMEXIT, Report, Sizes},
+    types::{BPFTRACE_VMEXIT, ProgramCost, Report, Sizes},
 };
 use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario};
 
@@ -20,6 +20,7 @@ pub(super) fn sandbox_bench(
     let cpuid = sizes.sandbox_cpuid;
     let pio = sizes.sandbox_pio;
     let rounds = sizes.sandbox_rounds;
+    let cost_rounds = sizes.sandbox_rounds.min(2);
     let script = format!(
         r#"
 T() {{ sed 's/.*"duration_ns":\([0-9]*\).*/\1/'; }}
@@ -28,9 +29,16 @@ IO="exitprof vm --json --pio {pio}"
 BT='{BPFTRACE_VMEXIT}'
 wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; }}
 # Per-event cost: exitprof's own statistics in each mode, bpftrace's from bpftool.
-for mode in raw classic; do
-  timeout 300 exitprof stat --cost --json --attach $mode -- $CPUID > /tmp/cost.out 2>/dev/null
-  echo "@@EXITPROF cost_$mode $(tail -n 1 /tmp/cost.out)"
+# (raw with the hash store of exits in flight too; interleaved rounds)
+for r in $(seq {cost_rounds}); do
+  for mode in raw raw-hash classic; do
+    case $mode in
+      raw-hash) A="--attach raw --in-flight hash" ;;
+      *) A="--attach $mode" ;;
+    esac
+    timeout 300 exitprof stat --cost --json $A -- $CPUID > /tmp/cost.out 2>/dev/null
+    echo "@@EXITPROF cost $mode $(tail -n 1 /tmp/cost.out)"
+  done
 done
 echo 1 > /proc/sys/kernel/bpf_stats_enabled
 bpftrace -e "$BT" > /dev/null 2>&1 &
@@ -69,13 +77,14 @@ done
             cpus: 1,
         },
     )?;
-    for mode in ["raw", "classic"] {
-        let snapshot: Value = serde_json::from_str(results.get(&format!("cost_{mode}"))?)
-            .with_context(|| format!("exitprof stat --attach {mode} printed no JSON"))?;
-        report
-            .sandbox_cost
-            .extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
+    let mut costs = Vec::new();
+    for line in results.all("cost") {
+        let (mode, json) = line.split_once(' ').context("bad cost line")?;
+        let snapshot: Value = serde_json::from_str(json)
+            .with_context(|| format!("exitprof stat ({mode}) printed no JSON"))?;
+        costs.extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
     }
+    report.sandbox_cost.extend(ProgramCost::merge_rounds(costs));
     let programs: Value = serde_json::from_str(results.get("cost_bpftrace")?)
         .context("bpftool printed no JSON in the sandbox")?;
     report.sandbox_cost.extend(bpftool_costs(

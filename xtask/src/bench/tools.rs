@@ -93,6 +93,9 @@ pub(super) fn program_costs(
                 program: name.to_owned(),
                 runs,
                 ns_per_run: per,
+                rounds: 1,
+                min_ns: per,
+                max_ns: per,
             })
         })
         .collect()

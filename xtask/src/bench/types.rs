@@ -139,7 +139,41 @@ pub(super) struct ProgramCost {
     pub(super) tracer: String,
     pub(super) program: String,
     pub(super) runs: u64,
+    /// The median over `rounds` interleaved runs (each run's mean).
     pub(super) ns_per_run: f64,
+    pub(super) rounds: usize,
+    pub(super) min_ns: f64,
+    pub(super) max_ns: f64,
+}
+
+impl ProgramCost {
+    /// One figure per (tracer, program) from several rounds: the median
+    /// of the rounds' means, with their spread, and the runs added up.
+    pub(super) fn merge_rounds(costs: Vec<Self>) -> Vec<Self> {
+        let mut merged: Vec<(Self, Vec<f64>)> = Vec::new();
+        for c in costs {
+            if let Some((m, ns)) = merged
+                .iter_mut()
+                .find(|(m, _)| m.tracer == c.tracer && m.program == c.program)
+            {
+                m.runs += c.runs;
+                ns.push(c.ns_per_run);
+            } else {
+                let ns = vec![c.ns_per_run];
+                merged.push((c, ns));
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(mut m, ns)| {
+                m.rounds = ns.len();
+                m.min_ns = ns.iter().copied().fold(f64::INFINITY, f64::min);
+                m.max_ns = ns.iter().copied().fold(0.0, f64::max);
+                m.ns_per_run = median(ns);
+                m
+            })
+            .collect()
+    }
 }
 
 /// One workload's time under one tracer. Noise on these machines only
