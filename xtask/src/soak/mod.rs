@@ -196,6 +196,8 @@ pub fn run(exitprof: &Path, plan: &Plan) -> anyhow::Result<()> {
         top_status.success() || top_status.code() == Some(130),
         "exitprof top failed: {top_status}"
     );
+    // The samples first: a failed check below leaves them to look at.
+    fs::write(file("samples.json"), serde_json::to_string(&samples)?)?;
     let report = check(
         plan,
         &samples,
@@ -267,15 +269,21 @@ fn churn_pid(stat: u32) -> Option<u32> {
 }
 
 fn take(pids: &[(&str, u32)], churn: Option<u32>, started: Instant) -> Sample {
-    let (vms, vcpu_threads) = churn.map_or((0, 0), sample::vms);
+    let live = || churn.map_or((0, 0), sample::vms);
+    let (vms, vcpu_threads) = live();
+    let t_s = started.elapsed().as_secs_f64();
+    let processes = pids
+        .iter()
+        .filter_map(|(name, pid)| Some(((*name).to_owned(), sample::process(*pid)?)))
+        .collect();
+    let (vms_after, vcpu_threads_after) = live();
     Sample {
-        t_s: started.elapsed().as_secs_f64(),
+        t_s,
         vms,
         vcpu_threads,
-        processes: pids
-            .iter()
-            .filter_map(|(name, pid)| Some(((*name).to_owned(), sample::process(*pid)?)))
-            .collect(),
+        vms_after,
+        vcpu_threads_after,
+        processes,
     }
 }
 
@@ -441,7 +449,8 @@ fn check_maps(plan: &Plan, samples: &[Sample]) -> anyhow::Result<()> {
         .position(|s| s.t_s >= plan.warmup_s)
         .unwrap_or(0);
     for s in &samples[warm..] {
-        let live = s.vms + s.vcpu_threads;
+        let vcpus = s.vcpu_threads.max(s.vcpu_threads_after);
+        let live = (s.vms + s.vcpu_threads).max(s.vms_after + s.vcpu_threads_after);
         for (name, p) in &s.processes {
             for (map, &n) in &p.maps {
                 let at_warm = samples[warm]
@@ -450,11 +459,13 @@ fn check_maps(plan: &Plan, samples: &[Sample]) -> anyhow::Result<()> {
                     .and_then(|w| w.maps.get(map))
                     .copied()
                     .unwrap_or(0);
+                // Room for the VMs started between the two readings of
+                // what lives (the churn starts tens a second): half again.
                 let bound = match map.as_str() {
-                    // One per vCPU thread (the sample races the churn: slack).
-                    "IN_FLIGHT" => s.vcpu_threads + 64,
+                    // One per vCPU thread.
+                    "IN_FLIGHT" => vcpus * 3 / 2 + 64,
                     // The churn, its VMs and their threads.
-                    "TRACKED_TGIDS" => live + 64,
+                    "TRACKED_TGIDS" => live * 3 / 2 + 64,
                     _ => at_warm.max(u64::from(4 * KEYS) + 8),
                 };
                 ensure!(

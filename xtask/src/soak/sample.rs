@@ -24,8 +24,15 @@ pub struct ProcessSample {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Sample {
     pub t_s: f64,
+    /// Live VMs and their vCPU threads, read before the maps.
     pub vms: u64,
     pub vcpu_threads: u64,
+    /// The same, read after the maps: the churn goes on while bpftool
+    /// dumps them (a second or so under load), so a map's entries lie
+    /// within what lived at either moment, give or take the VMs that
+    /// came and went between.
+    pub vms_after: u64,
+    pub vcpu_threads_after: u64,
     pub processes: BTreeMap<String, ProcessSample>,
 }
 
