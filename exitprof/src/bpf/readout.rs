@@ -32,6 +32,11 @@ pub const OTHER_SVM_CODE: u32 = u32::MAX - 1;
 /// When a map cannot be read.
 pub fn read(ebpf: &Ebpf, backend: Backend, breakdown: bool) -> Result<Snapshot, LoadError> {
     let mut snapshot = Snapshot::empty(backend);
+    // The handler events first: an exit is counted at kvm_exit, before its
+    // handler's event, so events read before the exits never exceed them
+    // (CPUID leaves under cpuid); read after, they would run ahead by the
+    // exits in between.
+    snapshot.events = read_events(ebpf)?;
     let stats = array_entries::<ExitStats>(ebpf, "EXIT_STATS")?;
     let per_vcpu = if breakdown {
         Some(hash_entries::<BreakdownKey, BreakdownStats>(
@@ -45,7 +50,6 @@ pub fn read(ebpf: &Ebpf, backend: Backend, breakdown: bool) -> Result<Snapshot, 
     if let Some(per_vcpu) = &per_vcpu {
         snapshot.exits.extend(vcpu_rows(per_vcpu));
     }
-    snapshot.events = read_events(ebpf)?;
     snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?
         .iter()
         .flatten()

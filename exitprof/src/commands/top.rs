@@ -1,7 +1,7 @@
 //! `exitprof top`: live tables of exits (the TUI), or one interval as
 //! text (`--once`, or stdout no terminal), or a JSON snapshot per interval.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::IsTerminal as _,
     path::PathBuf,
     process::ExitCode,
@@ -161,29 +161,25 @@ fn stream_json(
     }
 }
 
-/// A snapshot with its VMs named (`host::vmname`, read once per new pid
-/// and kept in `names`, so a VM that ended keeps its name) and its sites'
-/// RIPs symbolized.
+/// A snapshot with its VMs named (`host::vmname`, read once per pid and
+/// kept in `names`, so a VM that ended keeps its name, and a pid that is
+/// no process is not looked up again) and its sites' RIPs symbolized.
 fn read(
     profiler: &Profiler,
-    names: &mut BTreeMap<u32, String>,
+    names: &mut BTreeMap<u32, Option<String>>,
     symbols: Option<&Symbols>,
 ) -> anyhow::Result<Snapshot> {
     let mut snapshot = profiler.snapshot()?;
-    let pids: Vec<u32> = snapshot
+    let pids: BTreeSet<u32> = snapshot
         .exits
         .iter()
         .filter_map(|r| r.pid)
         .chain(snapshot.sites.iter().map(|s| s.pid))
         .collect();
     for pid in pids {
-        if !names.contains_key(&pid)
-            && let Some(name) = vmname::vm_name(pid)
-        {
-            names.insert(pid, name);
-        }
+        names.entry(pid).or_insert_with(|| vmname::vm_name(pid));
     }
-    snapshot.name_vms(|pid| names.get(&pid).cloned());
+    snapshot.name_vms(|pid| names.get(&pid).cloned().flatten());
     if let Some(symbols) = symbols {
         snapshot.symbolize(symbols);
     }

@@ -58,14 +58,19 @@ impl Vmm {
 /// when the process is gone.
 #[must_use]
 pub fn vm_name(pid: u32) -> Option<String> {
-    let from_cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .and_then(|bytes| {
-            let text = String::from_utf8_lossy(&bytes);
-            let argv: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
-            name_from_argv(&argv)
-        });
-    from_cmdline.or_else(|| procfs::comm(pid).map(|c| clean(&c)))
+    cmdline_name(pid).or_else(|| procfs::comm(pid).map(|c| clean(&c)))
+}
+
+/// The name process `pid`'s command line gives its VM, without the `comm`
+/// fallback: `None` also for a process that exited and is not yet reaped
+/// (a zombie's command line is empty), so a name read while it ran can be
+/// kept.
+#[must_use]
+pub fn cmdline_name(pid: u32) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let argv: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
+    name_from_argv(&argv)
 }
 
 /// The name a VMM's command line gives its VM, or `None` when `argv` is

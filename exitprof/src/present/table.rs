@@ -179,8 +179,8 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
                 s.count,
                 rate(s.rate_per_s),
                 percent(s.count, *total),
-                duration(s.total_ns),
-                duration(s.avg_ns()),
+                untimed_or(s.timed, duration(s.total_ns)),
+                untimed_or(s.timed, duration(s.avg_ns())),
             );
         }
         if sites.len() > per_reason {
@@ -192,6 +192,12 @@ pub fn render_sites(out: &mut String, snapshot: &Snapshot, per_reason: usize) {
             );
         }
     }
+    out.push('\n');
+}
+
+/// `time`, or `-` when no exit was timed (the VM ended before re-entry).
+fn untimed_or(timed: u64, time: String) -> String {
+    if timed == 0 { "-".to_owned() } else { time }
 }
 
 /// `  0xffffffff81001012 native_cpuid+0x12`, or the RIP alone.
@@ -208,11 +214,16 @@ pub fn site_label(site: &SiteRow) -> String {
 /// userspace exits; a section without rows is left out, and when all are,
 /// one line says so.
 pub fn render_events(out: &mut String, snapshot: &Snapshot) {
-    let before = out.len();
-    for group in event_groups(snapshot)
+    let groups: Vec<_> = event_groups(snapshot)
         .into_iter()
         .filter(|g| !g.lines.is_empty())
-    {
+        .collect();
+    if groups.is_empty() {
+        out.push_str(
+            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
+        );
+    }
+    for group in groups {
         if group.title == USERSPACE_TITLE {
             let _ = writeln!(
                 out,
@@ -242,11 +253,6 @@ pub fn render_events(out: &mut String, snapshot: &Snapshot) {
             let _ = writeln!(out, "{:<44} {:>10} {:>10}", l.label, l.count, rate(l.rate));
         }
         out.push('\n');
-    }
-    if out.len() == before {
-        out.push_str(
-            "no exit-handler events (cpuid, pio, mmio, msr, hypercall, userspace exits)\n\n",
-        );
     }
 }
 

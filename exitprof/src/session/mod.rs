@@ -103,6 +103,25 @@ pub struct Outcome {
 /// How often the names of tracked processes are read while they run.
 const NAME_EVERY: Duration = Duration::from_millis(200);
 
+/// Names by pid, and whether the VMM's command line gave it (not `comm`).
+type Names = BTreeMap<u32, (String, bool)>;
+
+/// Reads the names of `pids`. Names change at `exec` (the forked child is
+/// exitprof, then the command), so a command-line name replaces what was
+/// read before; a `comm` only fills in, and never replaces a command-line
+/// name (an exited VMM's zombie has no command line left).
+fn read_names(pids: &[u32], names: &mut Names) {
+    for &pid in pids {
+        if let Some(name) = vmname::cmdline_name(pid) {
+            names.insert(pid, (name, true));
+        } else if !names.get(&pid).is_some_and(|n| n.1)
+            && let Some(name) = vmname::vm_name(pid)
+        {
+            names.insert(pid, (name, false));
+        }
+    }
+}
+
 /// Attaches, runs the command (held before exec until it is tracked),
 /// waits for it, the duration or SIGINT/SIGTERM, and reads the maps. The
 /// programs are detached when this returns, on every path.
@@ -161,16 +180,11 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     let mut next_interval = run.interval.map(|i| started + i);
     let mut intervals = Vec::new();
     let mut status = None;
-    let mut names = BTreeMap::new();
+    let mut names = Names::new();
     let mut next_names = started;
     loop {
         if (tracked_command || !run.pids.is_empty()) && Instant::now() >= next_names {
-            // Names change at exec: the last one read is the one kept.
-            for pid in profiler.tracked_pids() {
-                if let Some(name) = vmname::vm_name(pid) {
-                    names.insert(pid, name);
-                }
-            }
+            read_names(&profiler.tracked_pids(), &mut names);
             next_names += NAME_EVERY;
         }
         if let Some(c) = child.as_mut()
@@ -204,6 +218,9 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         intervals,
         status,
         scope,
-        names,
+        names: names
+            .into_iter()
+            .map(|(pid, (name, _))| (pid, name))
+            .collect(),
     })
 }

@@ -152,8 +152,9 @@ pub struct App {
     /// `latest` since `baseline`, computed once per snapshot (drawing
     /// reads it several times per frame).
     shown: Snapshot,
-    /// The snapshot before `latest` (rates are the difference).
-    pub previous: Option<Snapshot>,
+    /// What happened between the snapshot before `latest` and `latest`
+    /// (rates are taken from it), computed once per snapshot.
+    interval: Option<Snapshot>,
     /// Per second, oldest first: of exits by reason name, of handler
     /// events by `EventLine::key`, of per-vCPU rows by [`vcpu_key`], of
     /// sites by [`site_key`].
@@ -206,7 +207,7 @@ impl App {
             baseline: first.clone(),
             shown: first.since(&first),
             latest: first,
-            previous: None,
+            interval: None,
             history: BTreeMap::new(),
             view,
             sort: SortBy::Count,
@@ -248,7 +249,8 @@ impl App {
                 {
                     self.names.insert(pid, vm);
                 }
-                self.previous = Some(std::mem::replace(&mut self.latest, snapshot));
+                self.latest = snapshot;
+                self.interval = Some(interval);
                 self.shown = self.latest.since(&self.baseline);
             }
             Action::Quit => self.quit = true,
@@ -296,7 +298,7 @@ impl App {
             Action::Reset => {
                 self.baseline = self.latest.clone();
                 self.shown = self.latest.since(&self.baseline);
-                self.previous = None;
+                self.interval = None;
                 self.history.clear();
                 self.selected = 0;
             }
@@ -313,8 +315,8 @@ impl App {
 
     /// What happened in the last interval.
     #[must_use]
-    pub fn last_interval(&self) -> Option<Snapshot> {
-        self.previous.as_ref().map(|p| self.latest.since(p))
+    pub fn last_interval(&self) -> Option<&Snapshot> {
+        self.interval.as_ref()
     }
 
     /// Exits per second of `name` in the last interval.

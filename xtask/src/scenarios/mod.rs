@@ -5,6 +5,7 @@ use crate::sandbox::{Kernel, Scenario, run_scenario};
 
 mod common;
 mod mirror;
+mod qemu_guest;
 mod record;
 mod reload;
 mod vmexit;
@@ -16,6 +17,10 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
     let mut passed = 0;
     if wanted("vmexit-ground-truth") {
         vmexit::vmexit_ground_truth(kernel, exitprof)?;
+        passed += 1;
+    }
+    if wanted("qemu-guest-sites") {
+        qemu_guest::qemu_guest_sites(kernel, exitprof)?;
         passed += 1;
     }
     if wanted("record-ept-both") {

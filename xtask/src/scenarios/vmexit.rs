@@ -1,5 +1,7 @@
 //! The `vmexit-ground-truth` scenario: exitprof's per-reason counts
-//! against ftrace's own `kvm_exit` records, in raw and in classic mode.
+//! against ftrace's own `kvm_exit` records, in raw and in classic mode,
+//! and the exit sites (`--sites`) of the workload's CPUID loop: one guest
+//! RIP with exactly the workload's count, the same in both modes.
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
@@ -21,7 +23,7 @@ T=/sys/kernel/tracing
 echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-timeout 120 exitprof stat --json --by-vcpu -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
+timeout 120 exitprof stat --json --by-vcpu --sites -- exitprof vm --json --cpuid {CPUIDS} > /tmp/stat.out 2> /tmp/stat.err
 echo "@@EXITPROF stat_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 echo "@@EXITPROF vm $(head -n 1 /tmp/stat.out)"
@@ -30,12 +32,12 @@ while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 {ftrace}
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
-timeout 120 exitprof stat --attach classic --json -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
+timeout 120 exitprof stat --attach classic --json --sites -- exitprof vm --json --cpuid {CPUIDS} > /tmp/classic.out 2> /tmp/classic.err
 echo "@@EXITPROF classic_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 echo "@@EXITPROF classic $(tail -n 1 /tmp/classic.out)"
 while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
-{classic_ftrace}timeout 120 exitprof stat -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+{classic_ftrace}timeout 120 exitprof stat --sites -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 "#,
@@ -106,6 +108,18 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
         cpuid["count"] == CPUIDS,
         "cpuid count {} (expected exactly {CPUIDS})",
         cpuid["count"]
+    );
+    // Once the VM is quiet, the CPUID handler events (the drill-down under
+    // cpuid) equal the cpuid exits of the same snapshot.
+    let cpuid_events: u64 = snap["events"]["cpuid"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["count"].as_u64())
+        .sum();
+    ensure!(
+        cpuid_events == CPUIDS,
+        "{cpuid_events} CPUID events under {CPUIDS} cpuid exits"
     );
     if ours != truth {
         bail!(
@@ -199,8 +213,71 @@ while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
     for line in results.all("table") {
         println!("[e2e] | {line}");
     }
+    let raw_rip = cpuid_site(&snap, "raw")?;
+    let classic_rip = cpuid_site(&classic, "classic")?;
+    ensure!(
+        raw_rip == classic_rip,
+        "the CPUID loop is at {raw_rip:#x} by vmcb->save.rip (raw) but at {classic_rip:#x} by the record's guest_rip (classic)"
+    );
+    let table_sites = text_sites(&results.all("table"), "cpuid (0x72)")?;
+    ensure!(
+        table_sites.len() == 1 && table_sites[0].1 == 1000,
+        "stat --sites prints {table_sites:?} under cpuid (0x72), not one site with 1000"
+    );
     println!(
-        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode)"
+        "[e2e] exit sites: the CPUID loop is one site, {raw_rip:#x}, with exactly {CPUIDS} exits (raw and classic), and 1000 in the text table"
+    );
+    println!(
+        "[e2e] vmexit-ground-truth: PASS (cpuid exactly {CPUIDS}, every reason equal to ftrace, in raw and in classic mode; one CPUID site with {CPUIDS})"
     );
     Ok(())
+}
+
+/// The one CPUID site of a `--sites` snapshot of `exitprof vm --cpuid
+/// N`: its RIP, after checking that it holds exactly the N CPUIDs.
+fn cpuid_site(snap: &Value, mode: &str) -> anyhow::Result<u64> {
+    let sites: Vec<&Value> = snap["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["isa"] == "svm" && s["reason"] == 0x72)
+        .collect();
+    ensure!(
+        sites.len() == 1,
+        "{mode}: {} CPUID sites (expected the loop's one): {sites:?}",
+        sites.len()
+    );
+    ensure!(
+        sites[0]["count"] == CPUIDS && sites[0]["timed"] == CPUIDS,
+        "{mode}: the CPUID site has {} exits ({} timed), not {CPUIDS}",
+        sites[0]["count"],
+        sites[0]["timed"]
+    );
+    sites[0]["rip"]
+        .as_u64()
+        .with_context(|| format!("{mode}: a site without a rip"))
+}
+
+/// `(rip, count)` of the sites `stat --sites` prints under `reason`.
+fn text_sites(lines: &[&str], reason: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let table = lines
+        .iter()
+        .position(|l| l.starts_with("EXIT SITE (GUEST RIP)"))
+        .context("stat --sites printed no EXIT SITE table")?;
+    let under = lines[table..]
+        .iter()
+        .position(|l| l.starts_with(reason))
+        .with_context(|| format!("no {reason} in the EXIT SITE table"))?;
+    lines[table + under + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("  0x"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // rip, vm, count, ... (no symbol without --guest-symbols)
+            Ok((
+                cols[0].to_owned(),
+                cols.get(2).context("a site line")?.parse()?,
+            ))
+        })
+        .collect()
 }
