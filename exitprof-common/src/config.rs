@@ -11,6 +11,13 @@ pub const FILTER_ALL: u32 = 0;
 /// counted; `sched_process_fork` adds the children of tracked processes.
 pub const FILTER_TRACKED: u32 = 1;
 
+/// `GUEST_MIRROR` is left empty.
+pub const MIRROR_OFF: u32 = 0;
+/// `GUEST_MIRROR` counts each exit under its VMM process's tgid.
+pub const MIRROR_VM: u32 = 1;
+/// `GUEST_MIRROR` counts every exit under `guest_abi::TGID_HOST`.
+pub const MIRROR_HOST: u32 = 2;
+
 /// Byte offsets of the record fields the classic programs read. Offsets count from
 /// the start of the record (the `common_type` field), as tracefs prints them.
 #[repr(C)]
@@ -102,6 +109,9 @@ pub struct Config {
     pub filter: u32,
     /// Non-zero: also aggregate exits per (process, vCPU, reason).
     pub breakdown: u32,
+    /// Fill `GUEST_MIRROR` for a patched KVM: [`MIRROR_OFF`],
+    /// [`MIRROR_VM`] or [`MIRROR_HOST`].
+    pub mirror: u32,
     /// Non-zero: also aggregate exits per (process, reason, guest RIP).
     pub sites: u32,
     /// Record field offsets for the classic tracepoints.
@@ -116,6 +126,7 @@ impl Config {
     pub const ZERO: Self = Self {
         filter: FILTER_ALL,
         breakdown: 0,
+        mirror: MIRROR_OFF,
         sites: 0,
         offsets: Offsets::ZERO,
         raw: RawOffsets::ZERO,

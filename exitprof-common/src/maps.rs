@@ -18,6 +18,9 @@ pub const BREAKDOWN_MAP_ENTRIES: u32 = 16384;
 /// without task storage (LRU: a thread whose entry never comes, e.g. a
 /// killed VM, is evicted instead of leaking).
 pub const PENDING_MAP_ENTRIES: u32 = 8192;
+/// Capacity of the guest mirror map (`GUEST_MIRROR`): (VMM process,
+/// reason) pairs, with one totals entry per process.
+pub const MIRROR_MAP_ENTRIES: u32 = 16384;
 /// Capacity of the set of tracked process ids (`--pid`, `-- COMMAND`).
 pub const TRACKED_MAP_ENTRIES: u32 = 1024;
 /// Capacity of the exit-site map, (process, reason, guest RIP) keys
@@ -32,10 +35,12 @@ pub mod drop_reason {
     pub const BREAKDOWN_MAP_FULL: u32 = 1;
     /// A pending (in flight) map update failed.
     pub const PENDING_MAP_FULL: u32 = 2;
+    /// The guest mirror map was full.
+    pub const MIRROR_MAP_FULL: u32 = 3;
     /// The exit-site map was full.
-    pub const SITES_MAP_FULL: u32 = 3;
+    pub const SITES_MAP_FULL: u32 = 4;
     /// Number of slots in `DROPPED`.
-    pub const SLOTS: u32 = 4;
+    pub const SLOTS: u32 = 5;
 }
 
 /// Per-exit-reason statistics: one per dense reason slot in the per-CPU

@@ -110,6 +110,11 @@ pub fn slot(isa: u32, code: u32) -> u32 {
 
 /// The isa and raw code of a slot; `None` for the two "other" slots, whose
 /// code is not known.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it on the hot path; inlined, the verifier sees no call"
+)]
 #[must_use]
 pub fn slot_reason(slot: u32) -> Option<(Isa, u32)> {
     match slot {
@@ -605,6 +610,127 @@ mod tests {
         svm.extend([0x0a5, 0x0a6]);
         svm.sort_unstable();
         check_kernel("linux-6.1-debian-svm", &vmx, &svm);
+    }
+
+    /// The `(code, name)` entries of a uapi list macro (`VMX_EXIT_REASONS`
+    /// in `vmx.h`, `SVM_EXIT_REASONS` in `svm.h`) of a fixture kernel's
+    /// headers (`fixtures/uapi/`), with the `#define`s of `vmx.h`, `svm.h`
+    /// and `kvm.h` (the `*_VECTOR`s) resolved.
+    fn uapi_list(kernel: &str, header: &str, list: &str) -> BTreeMap<u32, String> {
+        let dir = format!("{}/../fixtures/uapi/{kernel}", env!("CARGO_MANIFEST_DIR"));
+        let read = |file: &str| fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let mut defines = BTreeMap::new();
+        for file in ["vmx.h", "svm.h", "kvm.h"] {
+            for line in read(file).lines() {
+                let mut words = line.split_whitespace();
+                if let (Some("#define"), Some(name), Some(value)) =
+                    (words.next(), words.next(), words.next())
+                {
+                    let value = if value == "-1" {
+                        Some(u32::MAX)
+                    } else if let Some(hex) = value.strip_prefix("0x") {
+                        u32::from_str_radix(hex, 16).ok()
+                    } else {
+                        value.parse().ok()
+                    };
+                    if let Some(value) = value {
+                        defines.insert(String::from(name), value);
+                    }
+                }
+            }
+        }
+        let text = read(header);
+        let start = text
+            .find(&format!("#define {list} \\"))
+            .unwrap_or_else(|| panic!("{kernel}/{header} has no {list}"));
+        let mut body = String::new();
+        for line in text[start..].lines().skip(1) {
+            body.push_str(line);
+            if !line.trim_end().ends_with('\\') {
+                break;
+            }
+        }
+        let mut out = BTreeMap::new();
+        for entry in body.split('{').skip(1) {
+            let (expr, rest) = entry.split_once(',').unwrap();
+            let name = rest.split('"').nth(1).unwrap();
+            let code = expr
+                .split('+')
+                .map(|term| {
+                    let term = term.trim();
+                    defines.get(term).copied().unwrap_or_else(|| parse(term))
+                })
+                .fold(0u32, u32::wrapping_add);
+            assert!(
+                out.insert(code, String::from(name)).is_none(),
+                "{kernel} {list}: {code:#x} twice"
+            );
+        }
+        out
+    }
+
+    /// exitprof's tables against the kernel's own lists of "defined"
+    /// reasons, which the kernel patch (v2) answers
+    /// `EDX_UNDEFINED` for when a code is not in them.
+    fn check_uapi(kernel: &str) {
+        for (isa, header, list) in [
+            (Isa::Vmx, "vmx.h", "VMX_EXIT_REASONS"),
+            (Isa::Svm, "svm.h", "SVM_EXIT_REASONS"),
+        ] {
+            let named = uapi_list(kernel, header, list);
+            assert!(named.len() > 50, "{kernel} {list}: {} entries", named.len());
+            // Every reason the kernel names is defined in the table, with
+            // the kernel's name.
+            for (code, name) in &named {
+                let entry = table(isa)
+                    .iter()
+                    .find(|r| r.code == *code)
+                    .unwrap_or_else(|| {
+                        panic!("{kernel} {list}: {code:#x} {name} is not in the table")
+                    });
+                assert!(
+                    entry.defined,
+                    "{kernel} {list}: {code:#x} {name} not defined"
+                );
+                assert_eq!(entry.name, name, "{kernel} {list}: {code:#x}");
+            }
+            // What the table defines beyond the kernel's list (SDM/APM
+            // reasons Linux does not name): exactly these, so that a change
+            // on either side is deliberate. The kernel patch reads them as
+            // undefined.
+            let beyond: Vec<u32> = table(isa)
+                .iter()
+                .filter(|r| r.defined && !named.contains_key(&r.code))
+                .map(|r| r.code)
+                .collect();
+            let expected = match isa {
+                Isa::Vmx => VMX_UNNAMED_6_1.to_vec(),
+                Isa::Svm => svm_unnamed_6_1(),
+            };
+            assert_eq!(beyond, expected, "{kernel} {list}: defined beyond the list");
+        }
+    }
+
+    /// VMX reasons the SDM defines that the 6.1 and 6.12 uapi list does not
+    /// name.
+    const VMX_UNNAMED_6_1: &[u32] = &[
+        5, 6, 11, 17, 65, 66, 69, 70, 72, 73, 76, 77, 78, 79, 80, 81, 84, 85,
+    ];
+    fn svm_unnamed_6_1() -> Vec<u32> {
+        let mut v = svm_unnamed_6_18();
+        v.extend([0x0a5, 0x0a6]);
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn tables_match_the_6_1_uapi_lists() {
+        check_uapi("linux-6.1");
+    }
+
+    #[test]
+    fn tables_match_the_6_12_uapi_lists() {
+        check_uapi("linux-6.12");
     }
 
     #[test]

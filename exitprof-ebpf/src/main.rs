@@ -28,6 +28,7 @@ mod counters;
 mod handler_events;
 mod in_flight;
 mod maps;
+mod mirror;
 mod process;
 mod userspace_roundtrip;
 mod vmexit;

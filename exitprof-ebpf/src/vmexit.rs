@@ -23,7 +23,7 @@ use exitprof_common::{
     maps::{
         BreakdownKey, BreakdownStats, PendingExit, SiteKey, TaskInFlight, drop_reason, log2_bucket,
     },
-    reasons::slot,
+    reasons::{slot, slot_reason},
 };
 
 use crate::{
@@ -139,6 +139,7 @@ fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u3
             unsafe { (*stats).count += 1 };
         }
     }
+    crate::mirror::exit(tgid(), isa, reason);
     if config!(sites) != 0 {
         let key = SiteKey {
             pid: tgid(),
@@ -209,6 +210,9 @@ fn time_entry() {
                 *b += 1;
             }
         }
+    }
+    if let Some((isa, reason)) = slot_reason(pending.slot) {
+        crate::mirror::entry_time(tgid, isa as u32, reason, took);
     }
     if config!(breakdown) != 0 {
         let key = BreakdownKey {

@@ -5,10 +5,9 @@
 //! - `lint`: rustfmt and clippy on every crate (the first step of `test`)
 //! - `test`: every test (unit, root integration, nested sandbox)
 //! - `e2e`: the nested SVM sandbox scenarios only
-//! - `kernel`: the patched KVM modules for the sandbox kernel
+//! - `kernel`: the patched KVM modules and selftest for a sandbox kernel
 //! - `bench`: exitprof's cost side by side with bpftrace and perf
 //! - `soak`: VMs coming and going under exitprof for 10 minutes
-//! - `kernel-header`: regenerate the patch's ABI header from exitprof-common
 
 mod bench;
 mod kernel;
@@ -39,14 +38,14 @@ enum Task {
     Lint,
     /// Run every test: unit, root integration, nested sandbox.
     Test(tasks::E2eArgs),
-    /// Run the nested SVM sandbox scenarios (QEMU TCG, Debian 6.1, kvm-amd).
+    /// Run the nested SVM sandbox scenarios (QEMU TCG, kvm-amd; Debian 6.1,
+    /// and 6.12 for the kernel series' selftest).
     E2e(tasks::E2eArgs),
-    /// Apply kernel-patch/ to Debian's linux-source-6.1 and build the
-    /// patched kvm, kvm-amd and kvm-intel modules for the sandbox kernel
-    /// (cached under target/kernel).
-    Kernel,
-    /// Regenerate kernel-patch/6.1's ABI header patch from exitprof-common.
-    KernelHeader,
+    /// Apply kernel-patch/<line>/ to Debian's linux-source-<line> and build
+    /// the patched kvm, kvm-amd and kvm-intel modules (with BTF) and the
+    /// series' KVM selftest for the matching Debian image (cached under
+    /// target/kernel).
+    Kernel(kernel::KernelArgs),
     /// Fuzz the parsers (tracefs formats, BTF, recordings, guest CPUID)
     /// from the committed seeds.
     Fuzz(tasks::fuzz::FuzzArgs),
@@ -74,6 +73,10 @@ enum Task {
         /// Also carry bpftrace, bpftool and perf (as the bench does).
         #[arg(long)]
         tools: bool,
+        /// The Debian kernel line to boot (with --patched, the series'
+        /// selftest is on PATH as `exitprof_test`).
+        #[arg(long, value_enum, default_value_t)]
+        kernel: sandbox::KernelLine,
     },
 }
 
@@ -91,11 +94,10 @@ fn main() -> anyhow::Result<()> {
             tasks::setup::setup()?;
             tasks::e2e(&args).map(|_| ())
         }
-        Task::Kernel => {
+        Task::Kernel(args) => {
             tasks::setup::setup()?;
-            kernel::kernel()
+            kernel::kernel(&args)
         }
-        Task::KernelHeader => kernel::write_header_patch(),
         Task::Soak(args) => {
             tasks::setup::setup()?;
             soak::soak(&args)
@@ -110,15 +112,26 @@ fn main() -> anyhow::Result<()> {
             shadow,
             patched,
             tools,
+            kernel,
         } => {
             tasks::setup::setup()?;
-            let kernel = sandbox::fetch_kernel()?;
+            let kernel = sandbox::fetch_kernel_line(kernel)?;
             let exitprof = util::build_release()?;
             let modules = if patched {
                 Some(kernel::build(&kernel)?)
             } else {
                 None
             };
+            let selftest = modules
+                .as_ref()
+                .map(|m| m.join(kernel::SELFTEST).display().to_string());
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            if tools {
+                extra.extend_from_slice(sandbox::BENCH_TOOLS);
+            }
+            if let Some(selftest) = &selftest {
+                extra.push((selftest, "/bin/exitprof_test"));
+            }
             let results = sandbox::run_scenario(
                 &kernel,
                 &exitprof,
@@ -128,7 +141,7 @@ fn main() -> anyhow::Result<()> {
                     npt: !shadow,
                     timeout: std::time::Duration::from_mins(10),
                     modules: modules.as_deref(),
-                    extra: if tools { sandbox::BENCH_TOOLS } else { &[] },
+                    extra: &extra,
                     cpus: 2,
                 },
             )?;

@@ -54,12 +54,15 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 /// a cache) and returns the `.deb`.
 pub fn download_deb(debs: &Path, package: &str, version: &str) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(debs)?;
+    // The version is part of the name (apt writes an epoch's ':' as
+    // "%3a"): a cached linux-source-6.12 of an older version must not
+    // stand in for the one the image needs.
+    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
     let find = || {
         fs::read_dir(debs).ok().and_then(|entries| {
             entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("{package}_"))
-                        && Path::new(n).extension().is_some_and(|e| e == "deb")
+                    n.starts_with(&prefix) && Path::new(n).extension().is_some_and(|e| e == "deb")
                 })
             })
         })

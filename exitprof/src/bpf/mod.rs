@@ -21,7 +21,8 @@ use aya::{
 };
 use exitprof_common::{
     Config,
-    config::{FILTER_ALL, FILTER_TRACKED},
+    config::{FILTER_ALL, FILTER_TRACKED, MIRROR_HOST, MIRROR_OFF, MIRROR_VM},
+    guest_abi::Scope,
 };
 
 use crate::{
@@ -29,11 +30,12 @@ use crate::{
         backend,
         tracefs::{self, TracefsError},
     },
-    model::{Attached, Backend, ProgramCost, Snapshot},
+    model::{Attached, Backend, MirrorScope, ProgramCost, Snapshot},
 };
 pub use error::LoadError;
 use hooks::{Hook, RawHook};
 use maps::{map_error, map_mut, syscall_error};
+pub use mirror::MirrorChoice;
 use mirror::{Mirror, MirrorStatus};
 pub use plan::{AttachMode, InFlightMode, InFlightStore};
 use plan::{Host, RawPlan};
@@ -73,6 +75,8 @@ pub struct Options {
     pub attach: AttachMode,
     /// Task storage or hash maps for what vCPU threads have in flight.
     pub in_flight: InFlightMode,
+    /// Whose exits the guests of a patched KVM read.
+    pub mirror: MirrorChoice,
     /// Also count exits per (process, reason, guest RIP): exit sites. It
     /// costs a map update per exit, so it is off unless asked for.
     pub sites: bool,
@@ -119,12 +123,19 @@ impl Profiler {
                 .and_then(|(_, f)| f.as_ref())
         };
         let plan = RawPlan::decide(options.attach, &host, options.sites)?;
+        let patched = options.mirror != MirrorChoice::Off && mirror::patched();
         let config = Config {
             filter: match options.filter {
                 Filter::All => FILTER_ALL,
                 Filter::Tracked(_) => FILTER_TRACKED,
             },
             breakdown: u32::from(options.breakdown),
+            mirror: match options.mirror {
+                _ if !patched => MIRROR_OFF,
+                MirrorChoice::Off => MIRROR_OFF,
+                MirrorChoice::Vm => MIRROR_VM,
+                MirrorChoice::Host => MIRROR_HOST,
+            },
             sites: u32::from(options.sites),
             offsets: hooks::offsets(&find)?,
             raw: plan.offsets,
@@ -181,15 +192,7 @@ impl Profiler {
         } else {
             None
         };
-        let mirror = match ebpf.map("EXIT_STATS").and_then(mirror::map_fd) {
-            Some(fd) => Mirror::register(fd),
-            None => Mirror::unregistered(MirrorStatus::Failed(
-                "EXIT_STATS is not a per-CPU array".to_owned(),
-            )),
-        };
-        if let MirrorStatus::Failed(why) = &mirror.status {
-            eprintln!("exitprof: note: guest CPUID mirror: {why}");
-        }
+        let mirror = Mirror::choose(ebpf.map("GUEST_MIRROR"), options.mirror, patched);
         Ok(Self {
             ebpf,
             backend: backend::detect(),
@@ -294,6 +297,11 @@ impl Profiler {
         }
         snapshot.interval_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         snapshot.guest_mirror = Some(self.mirror.status.state());
+        snapshot.guest_mirror_scope = match self.mirror.status {
+            MirrorStatus::Registered(Scope::Vm) => Some(MirrorScope::Vm),
+            MirrorStatus::Registered(Scope::Host) => Some(MirrorScope::Host),
+            _ => None,
+        };
         snapshot.attach_mode = self.attached_as;
         self.attach_note.clone_into(&mut snapshot.attach_note);
         snapshot.fill_rates();

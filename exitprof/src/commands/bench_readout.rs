@@ -4,7 +4,7 @@ use std::{process::ExitCode, time::Instant};
 
 use exitprof_common::maps::BREAKDOWN_MAP_ENTRIES;
 
-use crate::bpf::{AttachMode, Filter, InFlightMode, Options, Profiler};
+use crate::bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler};
 
 /// Arguments of `exitprof bench-readout`.
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,7 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: AttachMode::Auto,
         in_flight: InFlightMode::Auto,
+        mirror: MirrorChoice::Off,
         sites: false,
     })?;
     profiler.fill_breakdown_for_load_test(args.keys)?;

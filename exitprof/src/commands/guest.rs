@@ -11,9 +11,12 @@ use crate::{
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Runs inside a virtual machine whose host runs a KVM with exitprof's patch
-(kernel-patch/) and `sudo exitprof stat` or `top`. Exit counts are the low
-32 bits of the host's counters; cycles are host TSC cycles. Every query is
-itself a CPUID exit, so the CPUID row includes this command's own queries.
+(kernel-patch/, guest ABI 2) and `sudo exitprof stat`, `top` or `serve`.
+By default it sees only its own VM's exits (the exits of its VMM process);
+the host's operator can choose host-wide scope (--guest-mirror host), and
+the report says which it reads. Cycles are at this guest's TSC frequency.
+Every query is itself a CPUID exit, so the CPUID row includes this
+command's own queries.
 
 Examples:
   exitprof guest

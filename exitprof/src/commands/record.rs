@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    bpf::MirrorChoice,
     cli::parse_duration,
     host::{
         backend::{self, SYS_MODULE, VendorModule},
@@ -69,6 +70,11 @@ pub struct RecordArgs {
     /// Snapshot interval within a run.
     #[arg(short, long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Reload the KVM module even when other VMs run (they will die).
     #[arg(long)]
     pub force: bool,
@@ -166,6 +172,19 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `recording` to `path`, saying so.
+fn write(path: &Path, recording: &Recording) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string(recording)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "exitprof: wrote {} ({} run(s)); `exitprof report {}` shows it",
+        path.display(),
+        recording.runs.len(),
+        path.display()
+    );
+    Ok(())
+}
+
 /// Runs `exitprof record`.
 ///
 /// # Errors
@@ -225,6 +244,7 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             duration: args.duration,
             // Per-process rows name the workload's pid in each run.
             breakdown: true,
+            mirror: args.guest_mirror,
             interval: Some(args.interval),
             ..Run::default()
         })?;
@@ -247,22 +267,17 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
     // Restores the original mode (the guard in the plan).
     drop(plan);
-    let recording = Recording {
-        format: FORMAT.to_owned(),
-        version: VERSION,
-        host: procfs::hostname(),
-        backend,
-        command,
-        runs,
-    };
-    std::fs::write(&args.output, serde_json::to_string(&recording)?)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    eprintln!(
-        "exitprof: wrote {} ({} run(s)); `exitprof report {}` shows it",
-        args.output.display(),
-        recording.runs.len(),
-        args.output.display()
-    );
+    write(
+        &args.output,
+        &Recording {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            host: procfs::hostname(),
+            backend,
+            command,
+            runs,
+        },
+    )?;
     Ok(if signals::received().is_some() {
         ExitCode::from(130)
     } else {

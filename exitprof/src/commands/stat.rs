@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
-    bpf::{AttachMode, InFlightMode},
+    bpf::{AttachMode, InFlightMode, MirrorChoice},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     present::table,
@@ -65,6 +65,11 @@ pub struct StatArgs {
     /// 5.12+, the default where possible) or hash maps by thread id.
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
     pub in_flight: InFlightMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP and list the top sites per reason
     /// (costs one more map update per exit; see BENCHMARKS.md).
     #[arg(long)]
@@ -105,6 +110,7 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         map_entries: args.map_entries,
         cost: args.cost,
         attach: args.attach,
+        mirror: args.guest_mirror,
         interval: None,
         in_flight: args.in_flight,
         ready_file: args.ready_file.as_deref(),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs, vmname},
     model::{Snapshot, Symbols},
@@ -52,6 +52,11 @@ pub struct TopArgs {
     /// Where vCPU threads' exits in flight are kept (see `stat`).
     #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
     pub in_flight: InFlightMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP (view 5; costs one more map update
     /// per exit, see BENCHMARKS.md).
     #[arg(long)]
@@ -91,6 +96,7 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         cost: false,
         attach: args.attach,
         in_flight: args.in_flight,
+        mirror: args.guest_mirror,
         sites: args.sites || symbols.is_some(),
     })?;
     let _ready = ReadyFile::announce(args.ready_file.as_deref())?;

@@ -70,16 +70,6 @@ pub enum GuestError {
         "the hypervisor has the exitprof patch, but no exitprof is running on the host: start `sudo exitprof stat` or `sudo exitprof top` there"
     )]
     Inactive,
-    /// The hypervisor calls a reason of its own table undefined.
-    #[error(
-        "the hypervisor calls {isa} exit reason {code:#x} undefined, but this exitprof's table defines it: versions differ"
-    )]
-    TableMismatch {
-        /// Isa name.
-        isa: &'static str,
-        /// Reason.
-        code: u32,
-    },
 }
 
 /// One reason's statistics as the guest sees them.
@@ -89,9 +79,9 @@ pub struct GuestRow {
     pub reason: u32,
     /// Name from exitprof-common's table.
     pub name: &'static str,
-    /// Exits (low 32 bits of the host's count).
-    pub exits: u32,
-    /// Host TSC cycles spent in these exits.
+    /// Exits.
+    pub exits: u64,
+    /// TSC cycles (at this guest's TSC frequency) spent in these exits.
     pub cycles: u64,
 }
 
@@ -102,12 +92,18 @@ pub struct GuestReport {
     pub isa: &'static str,
     /// ABI version of the patch.
     pub abi_version: u32,
-    /// Host TSC frequency.
+    /// Whose exits these are: "vm" (this VM's own, the default) or
+    /// "host" (every VM's, when the host's operator asked for it).
+    pub scope: &'static str,
+    /// This guest's TSC frequency, which the cycles are counted in.
     pub tsc_khz: u32,
-    /// Total exits (low 32 bits).
-    pub total_exits: u32,
-    /// Total host TSC cycles in exits.
+    /// Total exits.
+    pub total_exits: u64,
+    /// Total TSC cycles in exits.
     pub total_cycles: u64,
+    /// Reasons exitprof's table defines that the host's kernel does not
+    /// count (its own uapi lists name them not).
+    pub not_counted_by_host: Vec<u32>,
     /// CPUID queries this report took (each is a CPUID exit).
     pub queries: u32,
     /// Per reason, most exits first.
@@ -164,23 +160,25 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
     if !discovery.active {
         return Err(GuestError::Inactive);
     }
-    // Reads one statistics leaf; stopping exitprof midway shows as edx.
+    // Reads one statistics leaf; stopping exitprof midway shows as edx
+    // (`None`: the host does not count this reason).
     let stats = |cpu: &mut Counting<'_, _>, leaf, reason| match cpu.cpuid(leaf, reason) {
         [.., EDX_INACTIVE] => Err(GuestError::Inactive),
-        [.., EDX_UNDEFINED] => Err(GuestError::TableMismatch {
-            isa: isa.name(),
-            code: reason,
-        }),
-        regs => Ok(regs),
+        [.., EDX_UNDEFINED] => Ok(None),
+        regs => Ok(Some(regs)),
     };
     let mut rows = Vec::new();
+    let mut not_counted_by_host = Vec::new();
     for r in reasons::table(isa).iter().filter(|r| r.defined) {
         // A reason KVM does not handle reads as zeros by the ABI: no
         // query (each one is a CPUID exit) for it.
         let exits = if classify(isa, r.code) == ReasonClass::Unhandled {
             0
+        } else if let Some([low, high, ..]) = stats(&mut cpu, LEAF_REASON_EXITS, r.code)? {
+            join(high, low)
         } else {
-            stats(&mut cpu, LEAF_REASON_EXITS, r.code)?[0]
+            not_counted_by_host.push(r.code);
+            continue;
         };
         if exits == 0 {
             if all {
@@ -193,7 +191,7 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
             }
             continue;
         }
-        let [_, high, low, _] = stats(&mut cpu, LEAF_REASON_CYCLES, r.code)?;
+        let [_, high, low, _] = stats(&mut cpu, LEAF_REASON_CYCLES, r.code)?.unwrap_or_default();
         rows.push(GuestRow {
             reason: r.code,
             name: r.name,
@@ -201,15 +199,18 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
             cycles: join(high, low),
         });
     }
-    let [total_exits, ..] = stats(&mut cpu, LEAF_TOTAL_EXITS, 0)?;
-    let [_, high, low, _] = stats(&mut cpu, LEAF_TOTAL_CYCLES, 0)?;
+    let [low, high, ..] = stats(&mut cpu, LEAF_TOTAL_EXITS, 0)?.unwrap_or_default();
+    let total_exits = join(high, low);
+    let [_, high, low, _] = stats(&mut cpu, LEAF_TOTAL_CYCLES, 0)?.unwrap_or_default();
     rows.sort_by(|a, b| b.exits.cmp(&a.exits).then(a.reason.cmp(&b.reason)));
     Ok(GuestReport {
         isa: isa.name(),
         abi_version: discovery.version,
+        scope: if discovery.host_scope { "host" } else { "vm" },
         tsc_khz: ecx,
         total_exits,
         total_cycles: join(high, low),
+        not_counted_by_host,
         queries: cpu.queries,
         reasons: rows,
     })
@@ -219,7 +220,7 @@ pub fn query(source: &mut impl CpuidSource, all: bool) -> Result<GuestReport, Gu
 mod tests {
     use std::collections::HashMap;
 
-    use exitprof_common::guest_abi::{EDX_INACTIVE, FLAG_ACTIVE};
+    use exitprof_common::guest_abi::{EDX_INACTIVE, FLAG_ACTIVE, FLAG_SCOPE_HOST};
 
     use super::*;
     use crate::present::guest::render;
@@ -239,7 +240,7 @@ mod tests {
 
         /// A patched SVM hypervisor, active or not.
         fn svm(active: bool) -> Self {
-            let ebx = 1 | 2 << 8 | if active { FLAG_ACTIVE } else { 0 };
+            let ebx = ABI_VERSION | 2 << 8 | if active { FLAG_ACTIVE } else { 0 };
             Self::default().with(1, 0, [0, 0, 1 << 31, 0]).with(
                 0x4fff_fffb,
                 0,
@@ -303,16 +304,21 @@ mod tests {
         let mut cpu = Fake::svm(true)
             .with(0x4fff_fffd, 0x72, [300, 0, 0, 0])
             .with(0x4fff_fffc, 0x72, [0, 0x1, 0x0000_0010, 0])
-            .with(0x4fff_fffd, 0x7b, [500, 0, 0, 0])
+            // More than 32 bits of io exits: eax low, ebx high.
+            .with(0x4fff_fffd, 0x7b, [500, 2, 0, 0])
             .with(0x4fff_fffc, 0x7b, [0, 0, 1_000_000, 0])
-            .with(0x4fff_ffff, 0, [812, 0, 0, 0])
+            // A reason the host's kernel does not count.
+            .with(0x4fff_fffd, 0x60, [0, 0, 0, EDX_UNDEFINED])
+            .with(0x4fff_ffff, 0, [812, 2, 0, 0])
             .with(0x4fff_fffe, 0, [0, 0x1, 0x0010_0000, 0]);
         let report = query(&mut cpu, false).unwrap();
         assert_eq!(report.isa, "svm");
+        assert_eq!(report.scope, "vm");
         assert_eq!(report.tsc_khz, 2_000_000);
-        assert_eq!(report.total_exits, 812);
+        assert_eq!(report.total_exits, 0x2_0000_032c);
         assert_eq!(report.total_cycles, 0x1_0010_0000);
-        let rows: Vec<(u32, &str, u32, u64)> = report
+        assert_eq!(report.not_counted_by_host, [0x60]);
+        let rows: Vec<(u32, &str, u64, u64)> = report
             .reasons
             .iter()
             .map(|r| (r.reason, r.name, r.exits, r.cycles))
@@ -320,7 +326,7 @@ mod tests {
         assert_eq!(
             rows,
             [
-                (0x7b, "io", 500, 1_000_000),
+                (0x7b, "io", 0x2_0000_01f4, 1_000_000),
                 (0x72, "cpuid", 300, 0x1_0000_0010)
             ]
         );
@@ -344,20 +350,53 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "exitprof guest: hypervisor isa svm, exitprof ABI 1, host TSC 2000000 kHz"
+            "exitprof guest: hypervisor isa svm, exitprof ABI 2, exits of this VM's own, cycles at this guest's TSC (2000000 kHz)"
         );
-        assert_eq!(lines[1], "total: 812 exits, 4296015872 cycles in exits");
+        assert_eq!(
+            lines[1],
+            "total: 8589935404 exits, 4296015872 cycles in exits"
+        );
         assert_eq!(
             lines[3],
             "    REASON  NAME                          EXITS   EXITS%         CYCLES  CYCLES%    AVG CYC"
         );
         assert_eq!(
             lines[4],
-            "      0x7b  io                              500   61.58%        1000000    0.02%       2000"
+            "      0x7b  io                       8589935092  100.00%        1000000    0.02%          0"
         );
         assert_eq!(
             lines[5],
-            "      0x72  cpuid                           300   36.95%     4294967312   99.98%   14316557"
+            "      0x72  cpuid                           300    0.00%     4294967312   99.98%   14316557"
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            &"note: the host's kernel does not count 1 reason(s) exitprof knows: 0x60"
+        );
+    }
+
+    #[test]
+    fn host_scope_is_said() {
+        let mut cpu = Fake::svm(true);
+        let ebx = ABI_VERSION | 2 << 8 | FLAG_ACTIVE | FLAG_SCOPE_HOST;
+        cpu.answers
+            .insert((0x4fff_fffb, 0), [0x4650_5845, ebx, 2_000_000, 0]);
+        let report = query(&mut cpu, false).unwrap();
+        assert_eq!(report.scope, "host");
+        assert!(render(&report).starts_with(
+            "exitprof guest: hypervisor isa svm, exitprof ABI 2, exits of every VM on the host (host-wide scope)"
+        ));
+    }
+
+    #[test]
+    fn an_older_abi_is_refused() {
+        let mut cpu = Fake::svm(true);
+        cpu.answers.insert(
+            (0x4fff_fffb, 0),
+            [0x4650_5845, 1 | 2 << 8 | FLAG_ACTIVE, 0, 0],
+        );
+        assert_eq!(
+            query(&mut cpu, false).unwrap_err().to_string(),
+            "the hypervisor speaks exitprof guest ABI 1; this exitprof knows version 2"
         );
     }
 

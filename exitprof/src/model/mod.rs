@@ -17,4 +17,4 @@ pub use events::{CpuidRow, PioRow, UserspaceExitRow};
 pub use per_second::PerSecond;
 pub use sites::{SiteRow, Symbols};
 pub use snapshot::{ExitRow, ProgramCost, Snapshot};
-pub use status::{Attached, Backend, MirrorState};
+pub use status::{Attached, Backend, MirrorScope, MirrorState};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::events::Events;
 use super::per_second::PerSecond;
 use super::sites::{SiteRow, Symbols};
-use super::status::{Attached, Backend, MirrorState, isa_name};
+use super::status::{Attached, Backend, MirrorScope, MirrorState, isa_name};
 
 /// One snapshot of every counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// than the mirror).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mirror: Option<MirrorState>,
+    /// Whose exits the guests read, while registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mirror_scope: Option<MirrorScope>,
     /// exitprof's own cost per program (with `--cost`; kernel BPF stats).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramCost>,
@@ -359,12 +362,14 @@ pub(crate) mod contract {
     use crate::model::events::{CpuidRow, HypercallRow, MmioRow, MsrRow, PioRow, UserspaceExitRow};
 
     /// A snapshot with every field of the `--json` contract set.
+    #[expect(clippy::too_many_lines, reason = "every field of the contract, set")]
     pub fn fixed() -> Snapshot {
         let mut s = Snapshot::empty(Backend::Svm);
         s.interval_ns = 2_000_000_000;
         s.attach_mode = Attached::Mixed;
         s.attach_note = "kvm_exit/kvm_entry classic: kvm_amd has no BTF".into();
         s.guest_mirror = Some(MirrorState::Registered);
+        s.guest_mirror_scope = Some(MirrorScope::Vm);
         let mut hist = vec![0; 31];
         hist[10] = 2;
         hist[11] = 1;

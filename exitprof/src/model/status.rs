@@ -104,19 +104,38 @@ pub enum MirrorState {
     Busy,
     /// Registration failed for another reason (said when it happened).
     Failed,
+    /// Not asked for (`--guest-mirror off`).
+    Off,
+}
+
+/// Whose exits the guests of a patched KVM read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorScope {
+    /// Each guest its own VM's exits.
+    Vm,
+    /// Every guest the whole host's exits.
+    Host,
 }
 
 impl MirrorState {
-    /// One line for people about this state.
+    /// One line for people about this state (and the scope, when
+    /// registered).
     #[must_use]
-    pub fn describe(self) -> String {
+    pub fn describe(self, scope: Option<MirrorScope>) -> String {
         let file = format!(
             "/sys/kernel/debug/kvm/{}",
             exitprof_common::guest_abi::DEBUGFS_FILE
         );
         match self {
             Self::Registered => format!(
-                "registered with KVM ({file}): guests read these counts with CPUID 0x4FFFFFFB..0x4FFFFFFF"
+                "registered with KVM ({file}): {} with CPUID 0x4FFFFFFB..0x4FFFFFFF",
+                match scope {
+                    Some(MirrorScope::Host) => {
+                        "every guest reads the whole host's counts (host-wide scope)"
+                    }
+                    _ => "each guest reads its own VM's counts",
+                }
             ),
             Self::Unpatched => {
                 format!("off: this KVM has no exitprof patch (no {file}; see kernel-patch/)")
@@ -126,6 +145,7 @@ impl MirrorState {
                     .to_owned()
             }
             Self::Failed => "off: registering with KVM failed (see the note above)".to_owned(),
+            Self::Off => "off (--guest-mirror off)".to_owned(),
         }
     }
 }
@@ -189,11 +209,15 @@ mod tests {
     #[test]
     fn mirror_states_read_as_one_line_each() {
         assert_eq!(
-            MirrorState::Unpatched.describe(),
+            MirrorState::Unpatched.describe(None),
             "off: this KVM has no exitprof patch (no /sys/kernel/debug/kvm/exitprof; see kernel-patch/)"
         );
         assert_eq!(
-            MirrorState::Busy.describe(),
+            MirrorState::Registered.describe(Some(MirrorScope::Vm)),
+            "registered with KVM (/sys/kernel/debug/kvm/exitprof): each guest reads its own VM's counts with CPUID 0x4FFFFFFB..0x4FFFFFFF"
+        );
+        assert_eq!(
+            MirrorState::Busy.describe(None),
             "off: another exitprof holds KVM's CPUID mirror; stop it to mirror this one"
         );
     }

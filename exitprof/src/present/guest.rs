@@ -7,9 +7,14 @@ use crate::{guest::GuestReport, present::percent};
 #[must_use]
 pub fn render(report: &GuestReport) -> String {
     let mut out = String::new();
+    let whose = if report.scope == "host" {
+        "every VM on the host (host-wide scope)"
+    } else {
+        "this VM's own"
+    };
     let _ = writeln!(
         out,
-        "exitprof guest: hypervisor isa {}, exitprof ABI {}, host TSC {} kHz",
+        "exitprof guest: hypervisor isa {}, exitprof ABI {}, exits of {whose}, cycles at this guest's TSC ({} kHz)",
         report.isa, report.abi_version, report.tsc_khz
     );
     let _ = writeln!(
@@ -30,10 +35,10 @@ pub fn render(report: &GuestReport) -> String {
             format!("{:#x}", r.reason),
             r.name,
             r.exits,
-            percent(u64::from(r.exits), u64::from(report.total_exits)),
+            percent(r.exits, report.total_exits),
             r.cycles,
             percent(r.cycles, report.total_cycles),
-            r.cycles.checked_div(u64::from(r.exits)).unwrap_or(0)
+            r.cycles.checked_div(r.exits).unwrap_or(0)
         );
     }
     out.push('\n');
@@ -42,5 +47,18 @@ pub fn render(report: &GuestReport) -> String {
         "note: this report took {} CPUID exits, counted in its CPUID row",
         report.queries
     );
+    if !report.not_counted_by_host.is_empty() {
+        let codes: Vec<String> = report
+            .not_counted_by_host
+            .iter()
+            .map(|c| format!("{c:#x}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "note: the host's kernel does not count {} reason(s) exitprof knows: {}",
+            codes.len(),
+            codes.join(", ")
+        );
+    }
     out
 }

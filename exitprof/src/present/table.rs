@@ -33,7 +33,11 @@ pub fn render(snapshot: &Snapshot, scope: &str) -> String {
         let _ = writeln!(out, "attach: {}", snapshot.attach_note);
     }
     if let Some(mirror) = snapshot.guest_mirror {
-        let _ = writeln!(out, "guest mirror: {}", mirror.describe());
+        let _ = writeln!(
+            out,
+            "guest mirror: {}",
+            mirror.describe(snapshot.guest_mirror_scope)
+        );
     }
     out.push('\n');
     if snapshot.vmexit_available {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, InFlightMode, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler},
     host::vmname,
     model::Snapshot,
 };
@@ -41,6 +41,8 @@ pub struct Run<'a> {
     pub cost: bool,
     /// Raw or classic tracepoints.
     pub attach: AttachMode,
+    /// Whose exits the guests of a patched KVM read.
+    pub mirror: MirrorChoice,
     /// Also take a cumulative snapshot every interval.
     pub interval: Option<Duration>,
     /// Count exits per guest RIP too (exit sites).
@@ -148,6 +150,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         cost: run.cost,
         attach: run.attach,
         in_flight: run.in_flight,
+        mirror: run.mirror,
         sites: run.sites,
     })?;
     if !profiler.measures_roundtrips() {

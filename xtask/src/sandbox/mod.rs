@@ -1,6 +1,6 @@
-//! The nested sandbox: Debian's 6.1 kernel with `kvm-amd` in QEMU TCG
-//! (`-cpu qemu64,+svm,+npt`), booted from a busybox initramfs that carries
-//! exitprof. `kvm_exit`/`kvm_entry` fire there (they never do on the PVM
+//! The nested sandbox: Debian's 6.1 kernel (or 6.12, see [`KernelLine`])
+//! with `kvm-amd` in QEMU TCG (`-cpu qemu64,+svm,+npt`), booted from a
+//! busybox initramfs that carries exitprof. `kvm_exit`/`kvm_entry` fire there (they never do on the PVM
 //! hosts this project is built on). Each scenario is one boot: its shell
 //! script runs as part of `/init`, and its results come back as
 //! `@@EXITPROF <key> <value>` lines on the serial console.
@@ -18,8 +18,62 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::util::{download_deb, output, run, workspace_root};
 
+/// A Debian kernel line the sandbox boots and `kernel-patch/` has a series
+/// for. The image is the one whose package version equals
+/// `linux-source-<line>`'s candidate, so that modules built from that
+/// source load into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelLine {
+    /// `linux-image-6.1.0-N-amd64` (Debian 12's own kernel).
+    #[default]
+    #[value(name = "6.1")]
+    V6_1,
+    /// `linux-image-6.12.N+deb12-amd64` (the LTS line Debian 12 backports).
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl KernelLine {
+    /// Every line, oldest first.
+    pub const ALL: [Self; 2] = [Self::V6_1, Self::V6_12];
+
+    /// `6.1` or `6.12`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+        }
+    }
+
+    /// `linux-source-6.1` or `linux-source-6.12`.
+    #[must_use]
+    pub fn source_package(self) -> String {
+        format!("linux-source-{}", self.name())
+    }
+
+    /// The image packages' name pattern (for `apt-cache search`) and the
+    /// ordinal between its prefix and suffix that orders them.
+    const fn image_names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::V6_1 => (
+                r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+                "linux-image-6.1.0-",
+                "-amd64",
+            ),
+            Self::V6_12 => (
+                r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+                "linux-image-6.12.",
+                "+deb12-amd64",
+            ),
+        }
+    }
+}
+
 /// The Debian kernel the sandbox boots.
 pub struct Kernel {
+    /// The kernel line.
+    pub line: KernelLine,
     /// `uname -r`, e.g. `6.1.0-56-amd64`.
     pub release: String,
     /// Debian package version, e.g. `6.1.192-2`.
@@ -35,34 +89,30 @@ pub fn sandbox_dir() -> PathBuf {
     workspace_root().join("target/sandbox")
 }
 
-/// The candidate version of `linux-source-6.1`: the kernel patch builds
+/// The candidate version of `linux-source-<line>`: the kernel patch builds
 /// modules from it, so the image must be the same version.
-fn source_version() -> anyhow::Result<String> {
-    let policy = output(Command::new("apt-cache").args(["policy", "linux-source-6.1"]))
-        .context("apt-cache policy linux-source-6.1 failed")?;
+fn source_version(line: KernelLine) -> anyhow::Result<String> {
+    let source = line.source_package();
+    let policy = output(Command::new("apt-cache").args(["policy", &source]))
+        .with_context(|| format!("apt-cache policy {source} failed"))?;
     policy
         .lines()
         .find_map(|l| l.trim().strip_prefix("Candidate:"))
         .map(|v| v.trim().to_owned())
         .filter(|v| v != "(none)")
-        .context("linux-source-6.1 has no candidate version: run `apt-get update`")
+        .with_context(|| format!("{source} has no candidate version: run `apt-get update`"))
 }
 
-/// The `linux-image-6.1.0-N-amd64` package whose version is `version`.
-fn image_package(version: &str) -> anyhow::Result<String> {
-    let names = output(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-    ]))
-    .context("apt-cache search failed")?;
+/// The image package of `line` whose version is `version`.
+fn image_package(line: KernelLine, version: &str) -> anyhow::Result<String> {
+    let (pattern, prefix, suffix) = line.image_names();
+    let names = output(Command::new("apt-cache").args(["search", "--names-only", pattern]))
+        .context("apt-cache search failed")?;
     let mut names: Vec<(u32, String)> = names
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|n| {
-            let abi = n
-                .strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix("-amd64")?;
+            let abi = n.strip_prefix(prefix)?.strip_suffix(suffix)?;
             Some((abi.parse().ok()?, n.to_owned()))
         })
         .collect();
@@ -77,18 +127,25 @@ fn image_package(version: &str) -> anyhow::Result<String> {
         }
     }
     bail!(
-        "no linux-image-6.1.0-*-amd64 package has version {version} (the version of linux-source-6.1)"
+        "no {prefix}*{suffix} package has version {version} (the version of {})",
+        line.source_package()
     )
 }
 
-/// Downloads and unpacks the kernel image matching `linux-source-6.1`
-/// (cached).
+/// Downloads and unpacks the 6.1 kernel image matching `linux-source-6.1`
+/// (cached): the sandbox's default.
 pub fn fetch_kernel() -> anyhow::Result<Kernel> {
-    let version = source_version()?;
+    fetch_kernel_line(KernelLine::V6_1)
+}
+
+/// Downloads and unpacks the kernel image of `line` matching its
+/// `linux-source` package (cached).
+pub fn fetch_kernel_line(line: KernelLine) -> anyhow::Result<Kernel> {
+    let version = source_version(line)?;
     let dir = sandbox_dir().join(format!("linux-image-{version}"));
     let stamp = dir.join(".unpacked");
     if !stamp.exists() {
-        let package = image_package(&version)?;
+        let package = image_package(line, &version)?;
         let deb = download_deb(&sandbox_dir().join("debs"), &package, &version)?;
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
@@ -113,6 +170,7 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
         .to_owned();
     let modules = dir.join("lib/modules").join(&release);
     Ok(Kernel {
+        line,
         release,
         package_version: version,
         vmlinuz,
@@ -120,7 +178,8 @@ pub fn fetch_kernel() -> anyhow::Result<Kernel> {
     })
 }
 
-/// `kvm-amd` and the modules it needs (their `depends=`).
+/// `kvm-amd` and the modules it needs (their `depends=`; the same in 6.1
+/// and 6.12, where the image ships them xz-compressed).
 const KVM_AMD_MODULES: &[&str] = &[
     "virt/lib/irqbypass.ko",
     "arch/x86/kvm/kvm.ko",
@@ -236,6 +295,19 @@ poweroff -f
     )
 }
 
+/// Copies a module; 6.12's image ships `<m>.xz` instead, which busybox's
+/// modprobe cannot load: it is unpacked.
+fn copy_module(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if from.exists() {
+        fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+        return Ok(());
+    }
+    let xz = from.with_extension("ko.xz");
+    let out = fs::File::create(to)?;
+    run(Command::new("xz").arg("-dc").arg(&xz).stdout(out))
+        .with_context(|| format!("unpacking {}", xz.display()))
+}
+
 /// Packs an initramfs for `scenario` with `exitprof`.
 fn build_initramfs(
     kernel: &Kernel,
@@ -266,7 +338,7 @@ fn build_initramfs(
         let from = patched.unwrap_or_else(|| kernel.modules.join("kernel").join(m));
         let to = modules.join("kernel").join(m);
         fs::create_dir_all(to.parent().expect("module path"))?;
-        fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        copy_module(&from, &to)?;
     }
     let init = root.join("init");
     fs::write(&init, init_script(scenario.npt))?;

@@ -8,6 +8,7 @@ mod mirror;
 mod qemu_guest;
 mod record;
 mod reload;
+mod selftest;
 mod vmexit;
 
 /// Runs every scenario whose name contains `only` (all without it);
@@ -32,10 +33,18 @@ pub fn run_all(kernel: &Kernel, exitprof: &Path, only: Option<&str>) -> anyhow::
         reload::module_reload(kernel, exitprof, &modules)?;
         passed += 1;
     }
-    if wanted("guest-cpuid-mirror") {
-        let modules = crate::kernel::build(kernel)?;
-        mirror::guest_cpuid_mirror(kernel, exitprof, &modules)?;
-        passed += 1;
+    // The kernel side on its own, before exitprof's use of it.
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("kvm-selftest-{}", line.name())) {
+            selftest::kvm_selftest(line, exitprof)?;
+            passed += 1;
+        }
+    }
+    for line in crate::sandbox::KernelLine::ALL {
+        if wanted(&format!("guest-cpuid-mirror-{}", line.name())) {
+            mirror::guest_cpuid_mirror(line, exitprof)?;
+            passed += 1;
+        }
     }
     Ok(passed)
 }
