@@ -63,7 +63,7 @@ pub(super) fn guest_bench(
         .copied()
         .filter(|t| sizes.guest_tracers.contains(t) && (*t != "kvm_stat" || python.is_some()))
         .collect();
-    let script = script(sizes.guest_rounds, &tracers);
+    let script = script(sizes.guest_rounds, &tracers, sizes.guest_run_timeout_s);
     let results = sandbox::run_scenario_with_memory(
         kernel,
         exitprof,
@@ -83,7 +83,12 @@ pub(super) fn guest_bench(
         "the real-guest script did not finish (see {})",
         results.log.display()
     );
-    let (times, events) = parse(&results, &tracers)?;
+    let mut failed = Vec::new();
+    let (times, events) = parse(&results, &tracers, &mut failed)?;
+    for f in &failed {
+        println!("[bench] real guest: WARNING: {f}");
+    }
+    report.guest_notes.extend(failed);
     check_attach(&results)?;
     report.guest_work = Some(sizes.guest_work);
     report.guest = times;
@@ -92,13 +97,15 @@ pub(super) fn guest_bench(
 }
 
 /// The sandbox's script: `rounds` rounds of every tracer in turn.
-fn script(rounds: usize, tracers: &[&str]) -> String {
+fn script(rounds: usize, tracers: &[&str], run_s: u64) -> String {
     format!(
         r#"
 G="qemu-system-x86_64 -enable-kvm -cpu qemu64 -m 256 -nodefaults -no-reboot -display none -monitor none -serial stdio -L /qemu-fw -kernel /l2/vmlinuz -initrd /l2/initrd.gz"
 A="console=ttyS0 quiet loglevel=1 panic=-1"
 BT='{BPFTRACE_VMEXIT}'
 up() {{ cut -d' ' -f1 /proc/uptime; }}
+# A guest that did not finish (a run is bounded by timeout): its last lines.
+l2fail() {{ grep -q '@@L2 done' /tmp/l2.log || tail -n 20 /tmp/l2.log | while IFS= read -r l; do echo "@@EXITPROF l2fail $1 $l"; done; }}
 wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; }}
 wait_file() {{ i=0; while [ ! -e $1 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; }}
 wait_gone() {{ i=0; while [ -e $1 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; }}
@@ -111,8 +118,9 @@ stop() {{ kill -INT $1; i=0; while kill -0 $1 2>/dev/null && [ $i -lt 200 ]; do 
 echo "@@EXITPROF qemu $(qemu-system-x86_64 --version | head -n 1)"
 # One untimed run first: the first start of QEMU and of the guest pays for
 # cold caches that no tracer should be charged with.
-$G -append "$A" > /tmp/l2.log 2>&1
+timeout {run_s} $G -append "$A" > /tmp/l2.log 2>&1
 echo "@@EXITPROF warmup $?"
+l2fail warmup
 # Tracers in a rotating order: round r starts with the r-th, so that no
 # tracer always follows the same one.
 set -- {tracers}
@@ -131,10 +139,11 @@ for r in $(seq {rounds}); do
       kvm_stat) /usr/bin/python3.11 /bin/kvm_stat -t -l -s 1 < /dev/null > /dev/null 2>&1 & PID=$!; wait_perf $PID ;;
     esac
     t0=$(up)
-    $G -append "$A" > /tmp/l2.log 2>&1
+    timeout {run_s} $G -append "$A" > /tmp/l2.log 2>&1
     rc=$?
     t1=$(up)
     echo "@@EXITPROF guest $tracer $t0 $t1 $rc $(grep -c '@@L2 done' /tmp/l2.log)"
+    l2fail $tracer
     if [ -n "$PID" ]; then stop $PID $tracer; fi
     wait_gone /tmp/ready
     if [ -s /tmp/ep.json ]; then echo "@@EXITPROF events $tracer $t0 $t1 $(tail -n 1 /tmp/ep.json)"; fi
@@ -143,7 +152,7 @@ done
 tail -n 5 /tmp/l2.log | while IFS= read -r l; do echo "@@EXITPROF l2log $l"; done
 # Attach to and detach from the running guest, in the middle of its exits,
 # with each store of exits in flight.
-$G -append "$A" > /tmp/l2.log 2>&1 &
+timeout {run_s} $G -append "$A" > /tmp/l2.log 2>&1 &
 QEMU=$!
 sleep 3
 for store in task-storage hash task-storage; do
@@ -152,7 +161,7 @@ for store in task-storage hash task-storage; do
 done
 wait $QEMU
 "#,
-        tracers = tracers.join(" ")
+        tracers = tracers.join(" "),
     )
 }
 
@@ -160,6 +169,7 @@ wait $QEMU
 fn parse(
     results: &Results,
     tracers: &[&str],
+    failed: &mut Vec<String>,
 ) -> anyhow::Result<(Vec<GuestTime>, Vec<GuestEvents>)> {
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     for line in results.all("guest") {
@@ -167,11 +177,21 @@ fn parse(
         let [tracer, t0, t1, rc, done] = f[..] else {
             bail!("bad guest line {line:?}");
         };
-        ensure!(
-            rc == "0" && done == "1",
-            "the real guest failed under {tracer} (qemu exit {rc}, finished {done}): see {}",
-            results.log.display()
-        );
+        if rc != "0" || done != "1" {
+            // Left out, and said: a guest that hangs (seen once in
+            // SeaBIOS) must not cost the whole bench.
+            let why = results
+                .all("l2fail")
+                .iter()
+                .filter(|l| l.starts_with(tracer))
+                .map(|l| (*l).to_owned())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            failed.push(format!(
+                "a run under {tracer} did not finish (qemu exit {rc}): {why}"
+            ));
+            continue;
+        }
         let i = tracers
             .iter()
             .position(|t| *t == tracer)

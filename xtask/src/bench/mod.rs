@@ -57,10 +57,29 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         ..Report::default()
     };
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let name = if args.only.is_empty() {
+        "bench".to_owned()
+    } else {
+        format!("bench-{}", args.only.join("-"))
+    };
+    let path = dir.join(if args.smoke {
+        format!("{name}-smoke.json")
+    } else {
+        format!("{name}.json")
+    });
+    // Written after every part: a part that fails late (the sandbox runs
+    // for most of an hour) leaves the earlier parts' figures.
+    let save = |report: &Report| -> anyhow::Result<()> {
+        fs::write(&path, serde_json::to_string_pretty(report)?)?;
+        Ok(())
+    };
     let part = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     if part("host") {
         println!("[bench] host: per-event cost and CPUID-storm slowdown");
         host::host(&exitprof, &sizes, &mut report)?;
+        save(&report)?;
     }
     if part("readout") {
         println!("[bench] readout");
@@ -76,14 +95,17 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .readout
                 .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
         }
+        save(&report)?;
     }
     if part("tui") {
         println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
         report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
+        save(&report)?;
     }
     if part("sandbox") {
         println!("[bench] sandbox: micro-storms (one boot)");
         nested::sandbox_bench(&exitprof, &sizes, &mut report)?;
+        save(&report)?;
     }
     if part("guest") {
         println!("[bench] sandbox: a real guest under every tracer (one boot)");
@@ -91,19 +113,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         guest::guest_bench(&kernel, &exitprof, &sizes, &mut report)?;
     }
     report::targets(&mut report);
-    let dir = workspace_root().join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let name = if args.only.is_empty() {
-        "bench".to_owned()
-    } else {
-        format!("bench-{}", args.only.join("-"))
-    };
-    let path = dir.join(if args.smoke {
-        format!("{name}-smoke.json")
-    } else {
-        format!("{name}.json")
-    });
-    fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    save(&report)?;
     print!("{}", report::render(&report));
     println!("[bench] wrote {}", path.display());
     if args.smoke && args.only.is_empty() {

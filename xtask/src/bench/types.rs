@@ -79,6 +79,8 @@ pub(super) struct Sizes {
     pub(super) guest_tracers: &'static [&'static str],
     /// Longest the real-guest sandbox boot may take.
     pub(super) guest_timeout_s: u64,
+    /// Longest one guest run may take before it counts as hung.
+    pub(super) guest_run_timeout_s: u64,
 }
 
 pub(super) const FULL: Sizes = Sizes {
@@ -100,6 +102,7 @@ pub(super) const FULL: Sizes = Sizes {
     guest_rounds: 3,
     guest_tracers: TRACERS,
     guest_timeout_s: 5400,
+    guest_run_timeout_s: 400,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
@@ -121,6 +124,7 @@ pub(super) const SMOKE: Sizes = Sizes {
     guest_rounds: 1,
     guest_tracers: &["none", "exitprof-raw", "kvm_stat"],
     guest_timeout_s: 600,
+    guest_run_timeout_s: 150,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
