@@ -43,7 +43,13 @@ pub struct Offsets {
     pub fork_parent_pid: u32,
     /// `sched_process_fork.child_pid`
     pub fork_child_pid: u32,
+    /// `sched_process_exit.group_dead` (a bool; Linux 6.16 and later), or
+    /// [`NO_FIELD`].
+    pub exit_group_dead: u32,
 }
+
+/// The offset of a record field this kernel does not have.
+pub const NO_FIELD: u32 = u32::MAX;
 
 impl Offsets {
     /// All zero.
@@ -58,6 +64,7 @@ impl Offsets {
         ioctl_cmd: 0,
         fork_parent_pid: 0,
         fork_child_pid: 0,
+        exit_group_dead: NO_FIELD,
     };
 }
 

@@ -14,8 +14,9 @@ pub const HIST_BUCKETS: usize = 31;
 pub const EVENT_MAP_ENTRIES: u32 = 4096;
 /// Capacity of the (process, vCPU, reason) breakdown map.
 pub const BREAKDOWN_MAP_ENTRIES: u32 = 16384;
-/// Capacity of the per-thread "exit in flight" maps (LRU: a thread whose
-/// entry never comes, e.g. a killed VM, is evicted instead of leaking).
+/// Capacity of the per-thread "exit in flight" hash maps of kernels
+/// without task storage (LRU: a thread whose entry never comes, e.g. a
+/// killed VM, is evicted instead of leaking).
 pub const PENDING_MAP_ENTRIES: u32 = 8192;
 /// Capacity of the guest mirror map (`GUEST_MIRROR`): (VMM process,
 /// reason) pairs, with one totals entry per process.
@@ -119,8 +120,9 @@ pub struct SiteKey {
     pub rip: u64,
 }
 
-/// An exit in flight, keyed by thread id: the vCPU thread may sleep and
-/// migrate between exit and entry, so the CPU is no key.
+/// An exit in flight, part of its thread's [`TaskInFlight`]: the vCPU
+/// thread may sleep and migrate between exit and entry, so the CPU is no
+/// key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingExit {
@@ -132,6 +134,23 @@ pub struct PendingExit {
     pub vcpu: u32,
     /// The guest's RIP at the exit (with exit sites; 0 otherwise).
     pub rip: u64,
+}
+
+/// Value of `LAST_TRACKED`: the process the filter last found tracked on
+/// this CPU, and how many processes had left the tracked set then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastTracked {
+    /// Process id (0: none).
+    pub tgid: u32,
+    /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
+    pub _pad: u32,
+    /// `UNTRACKED` when `tgid` was found.
+    pub untracked: u64,
 }
 
 /// Ways of each per-CPU front cache of event counts (`*_CACHE` maps).
@@ -171,7 +190,8 @@ pub struct UserspaceExitStats {
     pub roundtrip_max_ns: u64,
 }
 
-/// A return to user space in flight, keyed by thread id.
+/// A return to user space in flight, part of its thread's
+/// [`TaskInFlight`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingUserspaceExit {
@@ -179,6 +199,30 @@ pub struct PendingUserspaceExit {
     pub ts_ns: u64,
     /// `USERSPACE_EXITS` slot (`userspace_exit::slot`).
     pub reason: u32,
+    /// Always 0.
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "padding: always 0, and named so"
+    )]
+    pub _pad: u32,
+}
+
+/// Everything a vCPU thread has in flight: its exit waiting for
+/// `kvm_entry` and its return to user space waiting for the next
+/// `ioctl(KVM_RUN)`, and its process. The value of `IN_FLIGHT`: task
+/// storage (the kernel keeps it in the thread's `task_struct` and frees it
+/// with the thread), or, on kernels without, an LRU hash map by thread id.
+/// A thread has one only if its events are counted, so finding it answers
+/// the process filter too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskInFlight {
+    /// Open while `exit.ts_ns != 0`.
+    pub exit: PendingExit,
+    /// Open while `userspace.ts_ns != 0`.
+    pub userspace: PendingUserspaceExit,
+    /// The thread's process id (tgid).
+    pub tgid: u32,
     /// Always 0.
     #[expect(
         clippy::pub_underscore_fields,
@@ -232,7 +276,7 @@ pub fn log2_bucket(d: u64) -> usize {
 mod pod {
     use super::{
         BreakdownKey, BreakdownStats, ExitStats, PendingExit, PendingUserspaceExit, SiteKey,
-        UserspaceExitStats,
+        TaskInFlight, UserspaceExitStats,
     };
     // SAFETY: all of these are `repr(C)` integers with explicit padding.
     unsafe impl aya::Pod for ExitStats {}
@@ -242,6 +286,7 @@ mod pod {
     unsafe impl aya::Pod for PendingExit {}
     unsafe impl aya::Pod for UserspaceExitStats {}
     unsafe impl aya::Pod for PendingUserspaceExit {}
+    unsafe impl aya::Pod for TaskInFlight {}
     // SAFETY: a u64 and a key that is a multiple of 8 bytes (checked in
     // the tests): no padding.
     unsafe impl<K: aya::Pod> aya::Pod for super::CachedCount<K> {}
@@ -276,6 +321,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<BreakdownKey>(), 16);
         assert_eq!(core::mem::size_of::<PendingExit>(), 24);
         assert_eq!(core::mem::size_of::<SiteKey>(), 16);
+        assert_eq!(core::mem::size_of::<TaskInFlight>(), 48);
         assert_eq!(core::mem::size_of::<ExitStats>(), 8 * (5 + HIST_BUCKETS));
     }
 }

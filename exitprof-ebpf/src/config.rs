@@ -2,7 +2,7 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use exitprof_common::{Config, config::FILTER_ALL};
 
-use crate::maps::{LAST_TRACKED, TRACKED_TGIDS};
+use crate::maps::{LAST_TRACKED, TRACKED_TGIDS, UNTRACKED};
 
 /// Set by the loader (`EbpfLoader::set_global("CONFIG", ..)`); read with
 /// volatile loads so the compiler cannot fold the zero initializer.
@@ -42,16 +42,20 @@ pub fn current() -> (u32, u32) {
 
 /// Whether events of process `tgid` are counted. A storm of one VM's
 /// exits asks for the same process again and again: `LAST_TRACKED`
-/// answers that without a hash lookup.
+/// answers that without a hash lookup, as long as no process has left the
+/// tracked set since (`UNTRACKED`).
 #[inline(always)]
 pub fn wanted(tgid: u32) -> bool {
     if config!(filter) == FILTER_ALL {
         return true;
     }
+    // SAFETY: the one slot of an array map.
+    let untracked = UNTRACKED.get_ptr(0).map_or(0, |p| unsafe { *p });
     let last = LAST_TRACKED.get_ptr_mut(0);
     if let Some(last) = last {
         // SAFETY: this CPU's slot.
-        if unsafe { *last } == tgid {
+        let last = unsafe { &*last };
+        if last.tgid == tgid && last.untracked == untracked {
             return true;
         }
     }
@@ -60,7 +64,10 @@ pub fn wanted(tgid: u32) -> bool {
     }
     if let Some(last) = last {
         // SAFETY: as above.
-        unsafe { *last = tgid };
+        unsafe {
+            (*last).tgid = tgid;
+            (*last).untracked = untracked;
+        }
     }
     true
 }

@@ -1,11 +1,9 @@
 //! Adding to per-CPU hash maps, counting what does not fit.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{PerCpuArray, PerCpuHashMap},
 };
-use exitprof_common::maps::{
-    CachedCount, EVENT_CACHE_WAYS, PendingExit, PendingUserspaceExit, drop_reason,
-};
+use exitprof_common::maps::{CachedCount, EVENT_CACHE_WAYS, drop_reason};
 
 use crate::maps::DROPPED;
 
@@ -84,58 +82,4 @@ pub fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K, drop: u32) {
         // SAFETY: per-CPU value of this CPU.
         unsafe { *p += 1 };
     }
-}
-
-/// An entry of an in-flight map (keyed by thread): open while
-/// `ts_ns != 0`.
-pub trait InFlight: Copy {
-    /// When it was opened; 0 when closed.
-    fn ts_ns(&self) -> u64;
-    /// Marks it closed.
-    fn close(&mut self);
-}
-
-impl InFlight for PendingExit {
-    fn ts_ns(&self) -> u64 {
-        self.ts_ns
-    }
-    fn close(&mut self) {
-        self.ts_ns = 0;
-    }
-}
-
-impl InFlight for PendingUserspaceExit {
-    fn ts_ns(&self) -> u64 {
-        self.ts_ns
-    }
-    fn close(&mut self) {
-        self.ts_ns = 0;
-    }
-}
-
-/// Opens thread `tid`'s entry. A vCPU thread exits again and again, so
-/// its entry stays between exits (closed) and is rewritten in place: far
-/// cheaper than an LRU insert and delete per exit (measured on the host:
-/// `kvm_userspace_exit` 302 -> 135 ns; in the sandbox `kvm_exit` -31%).
-#[inline(always)]
-pub fn open<V: InFlight>(map: &LruHashMap<u32, V>, tid: u32, value: &V) {
-    if let Some(slot) = map.get_ptr_mut(tid) {
-        // SAFETY: this thread's entry; only this thread writes it.
-        unsafe { *slot = *value };
-    } else if map.insert(tid, value, 0).is_err() {
-        drop_event(drop_reason::PENDING_MAP_FULL);
-    }
-}
-
-/// Closes thread `tid`'s entry and returns it, if one was open.
-#[inline(always)]
-pub fn close<V: InFlight>(map: &LruHashMap<u32, V>, tid: u32) -> Option<V> {
-    let slot = map.get_ptr_mut(tid)?;
-    // SAFETY: this thread's entry; only this thread writes it.
-    let value = unsafe { *slot };
-    if value.ts_ns() == 0 {
-        return None;
-    }
-    unsafe { (*slot).close() };
-    Some(value)
 }

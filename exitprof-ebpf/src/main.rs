@@ -19,10 +19,6 @@
     reason = "kernel memory is read with bpf_probe_read_kernel, which copies and needs no alignment"
 )]
 #![expect(
-    clippy::similar_names,
-    reason = "tgid and tid are the kernel's names for the process and the thread"
-)]
-#![expect(
     clippy::needless_pass_by_value,
     reason = "aya's program macros pass the context by value"
 )]
@@ -30,6 +26,7 @@
 mod config;
 mod counters;
 mod handler_events;
+mod in_flight;
 mod maps;
 mod mirror;
 mod process;

@@ -1,15 +1,14 @@
 //! The maps of the VM-exit, userspace round-trip and process programs.
 //! (The handler-event maps live with their programs in
-//! `handler_events.rs`.) Names are the interface with the loader.
+//! `handler_events.rs`, the in-flight store in `in_flight.rs`.) Names are the interface with the loader.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use exitprof_common::{
     maps::{
-        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, PENDING_MAP_ENTRIES,
-        PendingExit, PendingUserspaceExit, SITES_MAP_ENTRIES, SiteKey, TRACKED_MAP_ENTRIES,
-        UserspaceExitStats, drop_reason,
+        BREAKDOWN_MAP_ENTRIES, BreakdownKey, BreakdownStats, ExitStats, LastTracked,
+        SITES_MAP_ENTRIES, SiteKey, TRACKED_MAP_ENTRIES, UserspaceExitStats, drop_reason,
     },
     reasons::SLOTS,
     userspace_exit,
@@ -30,33 +29,27 @@ pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
 pub static EXIT_SITES: PerCpuHashMap<SiteKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(SITES_MAP_ENTRIES, 0);
 
-/// Exits in flight, by thread id. A thread's entry stays between exits
-/// (closed: `ts_ns == 0`) and goes at thread exit or by LRU eviction.
-#[map]
-pub static PENDING_EXITS: LruHashMap<u32, PendingExit> =
-    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
-
 /// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
 /// `ioctl(KVM_RUN)`.
 #[map]
 pub static USERSPACE_EXITS: PerCpuArray<UserspaceExitStats> =
     PerCpuArray::with_max_entries(userspace_exit::SLOTS, 0);
 
-/// Returns to user space in flight, by thread id; kept like
-/// `PENDING_EXITS`.
-#[map]
-pub static PENDING_USERSPACE: LruHashMap<u32, PendingUserspaceExit> =
-    LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
-
 /// Process ids whose events are counted when `CONFIG.filter` says so.
 #[map]
 pub static TRACKED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TRACKED_MAP_ENTRIES, 0);
 
-/// Per CPU, the last process found in `TRACKED_TGIDS` (0: none). Entries
-/// of `TRACKED_TGIDS` are never removed, so a hit here is the hash map's
-/// answer without the hash lookup.
+/// Per CPU, the last process found in `TRACKED_TGIDS` (0: none) and the
+/// value of `UNTRACKED` then: while no process has left the set since, a
+/// hit here is the hash map's answer without the hash lookup.
 #[map]
-pub static LAST_TRACKED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_TRACKED: PerCpuArray<LastTracked> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many times a process left `TRACKED_TGIDS` (`sched_process_exit`):
+/// a `LAST_TRACKED` entry from before names a process that may be gone,
+/// whose id a new process may have taken.
+#[map]
+pub static UNTRACKED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Events not counted, by [`drop_reason`].
 #[map]

@@ -6,12 +6,15 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use exitprof_common::{maps::PendingUserspaceExit, userspace_exit};
+use exitprof_common::{
+    maps::{PendingUserspaceExit, TaskInFlight},
+    userspace_exit,
+};
 
 use crate::{
-    config::{current, offset, wanted},
-    counters::{close, open},
-    maps::{PENDING_USERSPACE, USERSPACE_EXITS},
+    config::offset,
+    in_flight::{self, Thread},
+    maps::USERSPACE_EXITS,
 };
 
 /// `_IO(KVMIO, 0x80)`.
@@ -24,10 +27,9 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_userspace_exit(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, tid) = current();
-    if !wanted(tgid) {
+    let Thread::Counted(record) = in_flight::mine() else {
         return Ok(0);
-    }
+    };
     // SAFETY: offsets were read from this kernel's tracefs format.
     let (reason, errno) = unsafe {
         (
@@ -35,34 +37,38 @@ fn try_kvm_userspace_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             ctx.read_at::<i32>(offset!(userspace_exit_errno))?,
         )
     };
-    record_userspace_exit(tid, reason, errno);
+    record_userspace_exit(record, reason, errno);
     Ok(0)
 }
 
 /// `kvm_userspace_exit(__u32 reason, int errno)`, raw.
 #[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
 pub fn kvm_userspace_exit_raw(ctx: RawTracePointContext) -> u32 {
-    let (tgid, tid) = current();
-    if wanted(tgid) {
-        record_userspace_exit(tid, ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
+    if let Thread::Counted(record) = in_flight::mine() {
+        record_userspace_exit(record, ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     }
     0
 }
 
-/// Counts a return to user space and opens its round trip.
+/// Counts a return to user space and opens its round trip in the thread's
+/// record (when it has one).
 #[inline(always)]
-fn record_userspace_exit(tid: u32, reason: u32, errno: i32) {
+fn record_userspace_exit(record: Option<*mut TaskInFlight>, reason: u32, errno: i32) {
     let slot = userspace_exit::slot(reason, errno);
     if let Some(stats) = USERSPACE_EXITS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
-    let pending = PendingUserspaceExit {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        reason: slot,
-        _pad: 0,
-    };
-    open(&PENDING_USERSPACE, tid, &pending);
+    if let Some(record) = record {
+        // SAFETY: the current thread's record; only this thread writes it.
+        unsafe {
+            (*record).userspace = PendingUserspaceExit {
+                ts_ns: bpf_ktime_get_ns(),
+                reason: slot,
+                _pad: 0,
+            };
+        }
+    }
 }
 
 /// `syscalls:sys_enter_ioctl`: closes the round trip on `KVM_RUN`.
@@ -77,9 +83,12 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<u32, i64> {
     if cmd != u64::from(KVM_RUN) {
         return Ok(0);
     }
-    let tid = current().1;
-    // Only threads of wanted processes have an open entry.
-    let Some(pending) = close(&PENDING_USERSPACE, tid) else {
+    // Only threads of wanted processes have a record.
+    let Some(record) = in_flight::existing() else {
+        return Ok(0);
+    };
+    // SAFETY: the current thread's record.
+    let Some(pending) = (unsafe { in_flight::take_userspace(record) }) else {
         return Ok(0);
     };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);

@@ -1,7 +1,7 @@
 //! VM exits: `kvm:kvm_exit` counts and opens, `kvm:kvm_entry` closes and
-//! times. Keyed by thread: the vCPU thread may sleep and migrate between
-//! exit and entry. A thread whose entry never comes (VM killed) is evicted
-//! from the LRU map of exits in flight instead of leaking.
+//! times. The exit in flight belongs to the thread (`in_flight.rs`): the
+//! vCPU thread may sleep and migrate between exit and entry, and a thread
+//! whose entry never comes (VM killed) leaves nothing behind.
 //!
 //! Each hook has a classic program (the tracepoint's record, offsets from
 //! tracefs) and a raw one (`kvm_exit(struct kvm_vcpu *vcpu, u32 isa)`:
@@ -20,14 +20,17 @@ use aya_ebpf::{
 };
 use exitprof_common::{
     Isa,
-    maps::{BreakdownKey, BreakdownStats, PendingExit, SiteKey, drop_reason, log2_bucket},
+    maps::{
+        BreakdownKey, BreakdownStats, PendingExit, SiteKey, TaskInFlight, drop_reason, log2_bucket,
+    },
     reasons::{slot, slot_reason},
 };
 
 use crate::{
-    config::{config, current, offset, wanted},
-    counters::{close, entry, open},
-    maps::{EXIT_BREAKDOWN, EXIT_SITES, EXIT_STATS, PENDING_EXITS},
+    config::{config, current, offset},
+    counters::entry,
+    in_flight::{self, Thread},
+    maps::{EXIT_BREAKDOWN, EXIT_SITES, EXIT_STATS},
 };
 
 /// `kvm:kvm_exit`.
@@ -37,10 +40,9 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, tid) = current();
-    if !wanted(tgid) {
+    let Thread::Counted(record) = in_flight::mine() else {
         return Ok(0);
-    }
+    };
     // SAFETY: offsets were read from this kernel's tracefs format.
     let (isa, reason, vcpu, rip) = unsafe {
         (
@@ -54,7 +56,7 @@ fn try_kvm_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             },
         )
     };
-    count_exit(tgid, tid, isa, reason, vcpu, rip);
+    count_exit(record, isa, reason, vcpu, rip);
     Ok(0)
 }
 
@@ -65,10 +67,9 @@ pub fn kvm_exit_raw(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
-    let (tgid, tid) = current();
-    if !wanted(tgid) {
+    let Thread::Counted(record) = in_flight::mine() else {
         return Ok(0);
-    }
+    };
     let vcpu = ctx.arg::<u64>(0) as *const u8;
     let isa = ctx.arg::<u64>(1) as u32;
     // SAFETY: probe reads of kernel memory at offsets from this kernel's
@@ -102,22 +103,27 @@ fn try_kvm_exit_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
             (reason, vcpu_id, 0)
         }
     };
-    count_exit(tgid, tid, isa, reason, vcpu_id, rip);
+    count_exit(record, isa, reason, vcpu_id, rip);
     Ok(0)
 }
 
 /// Counts an exit (per reason, and per vCPU and per site when asked for)
-/// and opens it for its entry.
+/// and opens it for its entry in the thread's record (when it has one).
 #[inline(always)]
-fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
+fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u32, rip: u64) {
     let slot = slot(isa, reason);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
+    let tgid = || match record {
+        // SAFETY: the current thread's record.
+        Some(r) => unsafe { (*r).tgid },
+        None => current().0,
+    };
     if config!(breakdown) != 0 {
         let key = BreakdownKey {
-            pid: tgid,
+            pid: tgid(),
             vcpu,
             slot,
             _pad: 0,
@@ -133,10 +139,10 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
             unsafe { (*stats).count += 1 };
         }
     }
-    crate::mirror::exit(tgid, isa, reason);
+    crate::mirror::exit(tgid(), isa, reason);
     if config!(sites) != 0 {
         let key = SiteKey {
-            pid: tgid,
+            pid: tgid(),
             slot,
             rip,
         };
@@ -146,13 +152,17 @@ fn count_exit(tgid: u32, tid: u32, isa: u32, reason: u32, vcpu: u32, rip: u64) {
             unsafe { (*stats).count += 1 };
         }
     }
-    let pending = PendingExit {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        slot,
-        vcpu,
-        rip,
-    };
-    open(&PENDING_EXITS, tid, &pending);
+    if let Some(record) = record {
+        // SAFETY: the current thread's record; only this thread writes it.
+        unsafe {
+            (*record).exit = PendingExit {
+                ts_ns: bpf_ktime_get_ns(),
+                slot,
+                vcpu,
+                rip,
+            };
+        }
+    }
 }
 
 /// `kvm:kvm_entry`.
@@ -172,11 +182,16 @@ pub fn kvm_entry_raw(_ctx: RawTracePointContext) -> u32 {
 /// Closes the thread's exit in flight and adds its duration.
 #[inline(always)]
 fn time_entry() {
-    let (tgid, tid) = current();
-    // Only threads of wanted processes have an open entry.
-    let Some(pending) = close(&PENDING_EXITS, tid) else {
+    // Only threads of wanted processes have a record.
+    let Some(record) = in_flight::existing() else {
         return;
     };
+    // SAFETY: the current thread's record.
+    let Some(pending) = (unsafe { in_flight::take_exit(record) }) else {
+        return;
+    };
+    // SAFETY: as above.
+    let tgid = unsafe { (*record).tgid };
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(pending.slot) {
         // SAFETY: per-CPU slot of this CPU.

@@ -3,7 +3,7 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -238,31 +238,52 @@ fn stat_when_a_tracepoint_is_missing() {
     );
 }
 
-/// Ctrl-C detaches every program and still prints the snapshot.
+/// Ctrl-C detaches every program and still prints the snapshot; the
+/// `--ready-file` exists exactly while the programs are attached.
 #[test]
 fn stat_interrupted_prints_and_detaches() {
     let Some(_serial) = can_profile("stat_interrupted_prints_and_detaches") else {
         return;
     };
     let before = exitprof_bpf_ids();
+    let ready = std::env::temp_dir().join(format!("exitprof-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
     let child = Command::new(EXITPROF)
-        .args(["stat", "--json"])
+        .args(["stat", "--json", "--ready-file"])
+        .arg(&ready)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready file in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Attached as soon as the file is there, with exitprof's pid in it.
     let ours = loaded_since(&before);
     assert!(
         ours.iter().filter(|(kind, _)| *kind == 'p').count() >= 2,
-        "programs attached while running: {ours:?}"
+        "programs attached once ready: {ours:?}"
     );
+    assert_eq!(
+        std::fs::read_to_string(&ready).unwrap(),
+        format!("{}\n", child.id())
+    );
+    std::thread::sleep(Duration::from_secs(1));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id().cast_signed(), libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(snap["interval_ns"].as_u64().unwrap() >= 1_000_000_000);
+    assert!(
+        !ready.exists(),
+        "the ready file goes when exitprof detaches"
+    );
     assert_eq!(still_loaded(&ours), std::collections::BTreeSet::new());
 }
 
@@ -402,4 +423,152 @@ fn stat_reports_its_own_cost() {
         plain.get("programs").is_none(),
         "no cost figures unless asked"
     );
+}
+
+/// Exits in flight kept in task storage (the default here) or in hash
+/// maps (kernels without task storage) give the same counts and close
+/// the same round trips.
+#[test]
+fn stat_in_flight_stores_count_the_same() {
+    let Some(_serial) = can_profile("stat_in_flight_stores_count_the_same") else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for store in ["task-storage", "hash"] {
+        let out = exitprof(&[
+            "stat",
+            "--json",
+            "--in-flight",
+            store,
+            "--",
+            EXITPROF,
+            "vm",
+            "--vcpus",
+            "2",
+            "--pio",
+            "300",
+            "--mmio",
+            "20",
+            "--rounds",
+            "2",
+        ]);
+        assert!(out.status.success(), "{store}: {out:?}");
+        // The workload's own report comes first on the shared stdout.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let snap: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let io = &snap["events"]["userspace_exit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "IO")
+            .cloned()
+            .unwrap_or_else(|| panic!("{store}: no IO row in {snap}"));
+        // 2 vCPUs x 2 rounds x (300 out + 300 in + 1 done); each vCPU's
+        // last done-port exit never returns to KVM_RUN.
+        assert_eq!(io["count"], 2 * 2 * 601, "{store}");
+        assert_eq!(io["roundtrips"], 2 * 2 * 601 - 2, "{store}");
+        assert_eq!(
+            snap.get("attach_note")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .contains("exits in flight in hash maps"),
+            store == "hash",
+            "{store}: {snap}"
+        );
+        seen.push((io["count"].clone(), io["roundtrips"].clone()));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
+
+/// The tracked set forgets dead processes and threads: after more short
+/// lived children than it has room for (1,024), a VM the command starts
+/// is still counted exactly.
+#[test]
+fn stat_tracks_a_command_that_outlives_many_children() {
+    let Some(_serial) = can_profile("stat_tracks_a_command_that_outlives_many_children") else {
+        return;
+    };
+    let script = format!(
+        "i=0; while [ $i -lt 1100 ]; do /bin/true; i=$((i+1)); done; {EXITPROF} vm --vcpus 2 --pio 5 --rounds 3 > /dev/null"
+    );
+    let out = exitprof(&["stat", "--json", "--", "sh", "-c", &script]);
+    let snap = json(&out);
+    let pio = &snap["events"]["pio"];
+    // 2 vCPUs x 3 rounds x 5 outs (and as many ins) on port 0xe9.
+    assert_eq!(
+        count_where(pio, |r| r["port"] == 0xe9 && r["write"] == true),
+        30,
+        "{snap}"
+    );
+    assert_eq!(
+        count_where(pio, |r| r["port"] == 0xe9 && r["write"] == false),
+        30
+    );
+}
+
+/// Attaching to VMs in the middle of their exits, and detaching from
+/// them the same way, several times in a row: a `KVM_RUN` whose return to
+/// user space exitprof never saw is ignored, so no round trip is longer
+/// than the time exitprof was attached, and none is counted that was not
+/// opened (both stores).
+#[test]
+fn stat_attaches_and_detaches_while_vms_exit() {
+    let Some(_serial) = can_profile("stat_attaches_and_detaches_while_vms_exit") else {
+        return;
+    };
+    let vms: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(EXITPROF)
+                .args(["vm", "--vcpus", "2", "--pio", "20", "--mmio", "5"])
+                .args(["--rounds", "0", "--pause-ms", "1"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let _vms = KillOnDrop(vms);
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, store) in ["task-storage", "hash"].iter().cycle().take(6).enumerate() {
+        let duration_ms = 300 + 100 * i as u64;
+        let out = exitprof(&[
+            "stat",
+            "--json",
+            "--in-flight",
+            store,
+            "--duration",
+            &format!("{duration_ms}ms"),
+        ]);
+        let snap = json(&out);
+        let interval_ns = snap["interval_ns"].as_u64().unwrap();
+        let rows = snap["events"]["userspace_exit"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{store}: the VMs exited: {snap}");
+        for r in rows {
+            let (count, trips) = (
+                r["count"].as_u64().unwrap(),
+                r["roundtrips"].as_u64().unwrap(),
+            );
+            let (total, max) = (
+                r["roundtrip_total_ns"].as_u64().unwrap(),
+                r["roundtrip_max_ns"].as_u64().unwrap(),
+            );
+            assert!(trips <= count, "{store}: {r}");
+            assert!(
+                max <= interval_ns,
+                "{store}: {max} ns > {interval_ns} ns attached: {r}"
+            );
+            assert!(total <= trips * max, "{store}: {r}");
+        }
+    }
+}
+
+/// Kills the VMs a test started, however it ends.
+struct KillOnDrop(Vec<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for vm in &mut self.0 {
+            let _ = vm.kill();
+            let _ = vm.wait();
+        }
+    }
 }

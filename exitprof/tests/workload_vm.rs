@@ -24,6 +24,28 @@ fn vm_reports_exact_userspace_exits() {
     assert_eq!(report["mode"], "protected32");
 }
 
+/// Every vCPU runs the whole program: the counts multiply, and each
+/// vCPU's are checked exactly by the workload itself.
+#[test]
+fn vm_with_several_vcpus_multiplies_the_exits() {
+    let Some(_serial) = can_profile("vm_with_several_vcpus_multiplies_the_exits") else {
+        return;
+    };
+    let out = exitprof(&[
+        "vm", "--json", "--vcpus", "3", "--pio", "7", "--mmio", "5", "--hlt", "2", "--rounds", "2",
+    ]);
+    let report = json(&out);
+    assert_eq!(
+        (report["vcpus"].clone(), report["rounds"].clone()),
+        (3.into(), 2.into())
+    );
+    assert_eq!(report["userspace_exits"]["IO"], 3 * 2 * 15);
+    assert_eq!(report["userspace_exits"]["MMIO"], 3 * 2 * 10);
+    assert_eq!(report["userspace_exits"]["HLT"], 3 * 2 * 2);
+    let out = exitprof(&["vm", "--vcpus", "0"]);
+    assert!(one_line_error(&out).contains("--vcpus"));
+}
+
 #[test]
 fn vm_rejects_bad_values_in_one_line() {
     let out = exitprof(&["vm", "--pio-port", "70000"]);

@@ -7,12 +7,14 @@
 //! - `e2e`: the nested sandboxes' scenarios only (SVM and VMX)
 //! - `kernel`: the patched KVM modules and selftest for a sandbox kernel
 //! - `bench`: exitprof's cost side by side with bpftrace and perf
+//! - `soak`: VMs coming and going under exitprof for 10 minutes
 
 mod bench;
 mod kernel;
 mod layers;
 mod sandbox;
 mod scenarios;
+mod soak;
 mod tasks;
 mod util;
 
@@ -51,6 +53,13 @@ enum Task {
     /// Measure exitprof's cost side by side with bpftrace and perf kvm stat
     /// (host and sandbox); writes target/bench/bench.json.
     Bench(bench::BenchArgs),
+    /// Churn workload VMs (1-8 vCPUs, up to 50 at once, some killed with
+    /// SIGKILL) under exitprof top and stat for 10 minutes, and check
+    /// memory, maps, drops, exact counts and CPU; writes target/soak/.
+    Soak(soak::SoakArgs),
+    /// The soak's churn, run as exitprof stat's command (internal).
+    #[command(hide = true)]
+    SoakChurn(soak::churn::ChurnArgs),
     /// Boot the sandbox once and run a shell script in it (exitprof is on
     /// PATH); prints the serial log. For trying things by hand.
     Sandbox {
@@ -93,6 +102,11 @@ fn main() -> anyhow::Result<()> {
             tasks::setup::setup()?;
             kernel::kernel(&args)
         }
+        Task::Soak(args) => {
+            tasks::setup::setup()?;
+            soak::soak(&args)
+        }
+        Task::SoakChurn(args) => soak::churn::churn(&args),
         Task::Bench(args) => {
             tasks::setup::setup()?;
             bench::bench(&args)

@@ -36,6 +36,9 @@ pub enum LoadError {
     /// `--attach raw` was asked for, but this kernel's BTF does not allow it.
     #[error("raw tracepoints are not possible here: {0} (use --attach classic or auto)")]
     RawUnavailable(String),
+    /// `--in-flight task-storage` was asked for, but this kernel lacks it.
+    #[error("task storage is not possible here: {0} (use --in-flight hash or auto)")]
+    TaskStorageUnavailable(String),
     /// A map could not be read or written.
     #[error("eBPF map {map}: {source}")]
     Map {

@@ -2,7 +2,7 @@
 //! the event-kind table (`model::events`), plus the VM-exit, userspace
 //! round-trip and process programs; and the record offsets their classic
 //! programs read.
-use exitprof_common::config::Offsets;
+use exitprof_common::config::{NO_FIELD, Offsets};
 
 use crate::{
     host::tracefs::{Format, TracefsError},
@@ -163,6 +163,9 @@ pub fn offsets<'a>(find: &impl Fn(&str) -> Option<&'a Format>) -> Result<Offsets
         ioctl_cmd: get("sys_enter_ioctl", "cmd")?,
         fork_parent_pid: get("sched_process_fork", "parent_pid")?,
         fork_child_pid: get("sched_process_fork", "child_pid")?,
+        exit_group_dead: find("sched_process_exit")
+            .and_then(|f| f.offset("group_dead").ok())
+            .unwrap_or(NO_FIELD),
         ..Offsets::ZERO
     };
     for source in Events::SOURCES {

@@ -9,9 +9,7 @@ use aya::{
 };
 
 use super::{batch, error::LoadError};
-
-/// Every `(key, per-CPU values)` of a per-CPU map.
-pub type Entries<K, V> = Vec<(K, Vec<V>)>;
+pub use batch::PerCpuEntries as Entries;
 
 /// An error of map `map`.
 pub fn map_error(map: &'static str, source: MapError) -> LoadError {
@@ -84,7 +82,7 @@ fn cannot_batch(e: &std::io::Error) -> bool {
 
 /// Every `(key, per-CPU values)` of per-CPU map `name` in a few batched
 /// syscalls; `None` when this kernel cannot batch the map (then iterate).
-fn batched<K: Copy, V: Copy>(
+fn batched<K: Pod, V: Pod>(
     ebpf: &Ebpf,
     name: &'static str,
 ) -> Result<Option<Entries<K, V>>, LoadError> {
@@ -108,13 +106,16 @@ pub fn hash_entries<K: Pod, V: Pod>(
     if let Some(entries) = batched(ebpf, name)? {
         return Ok(entries);
     }
+    let cpus = possible_cpus(name)?;
     let map: PerCpuHashMap<_, K, V> = map_ref(ebpf, name)?;
-    map.iter()
+    let pairs = map
+        .iter()
         .map(|item| {
             let (k, v) = item.map_err(|e| map_error(name, e))?;
             Ok((k, v.iter().copied().collect()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, LoadError>>()?;
+    Ok(Entries::from_pairs(cpus, pairs))
 }
 
 /// Per-CPU values of every slot of per-CPU array `name`, in slot order.
@@ -122,9 +123,10 @@ pub fn hash_entries<K: Pod, V: Pod>(
 /// # Errors
 /// When the map cannot be read.
 pub fn array_entries<V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<V>>, LoadError> {
-    if let Some(mut entries) = batched::<u32, V>(ebpf, name)? {
-        entries.sort_by_key(|e| e.0);
-        return Ok(entries.into_iter().map(|e| e.1).collect());
+    if let Some(entries) = batched::<u32, V>(ebpf, name)? {
+        let mut slots: Vec<(u32, &[V])> = entries.iter().map(|(k, v)| (*k, v)).collect();
+        slots.sort_unstable_by_key(|e| e.0);
+        return Ok(slots.into_iter().map(|e| e.1.to_vec()).collect());
     }
     let map: PerCpuArray<_, V> = map_ref(ebpf, name)?;
     (0..map.len())

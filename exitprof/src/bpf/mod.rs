@@ -37,11 +37,16 @@ use hooks::{Hook, RawHook};
 use maps::{map_error, map_mut, syscall_error};
 pub use mirror::MirrorChoice;
 use mirror::{Mirror, MirrorStatus};
-pub use plan::AttachMode;
+pub use plan::{AttachMode, InFlightMode, InFlightStore};
 use plan::{Host, RawPlan};
 
-/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`).
+/// The eBPF object `build.rs` produced (empty with `AYA_BUILD_SKIP=1`),
+/// keeping what vCPU threads have in flight in task storage ...
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof"));
+/// ... and the same programs with hash maps instead, for kernels without
+/// task storage ([`InFlightStore`]).
+static EBPF_OBJECT_HASH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitprof-hash"));
 
 /// Which processes are counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +73,8 @@ pub struct Options {
     pub cost: bool,
     /// Raw or classic tracepoints for the KVM programs.
     pub attach: AttachMode,
+    /// Task storage or hash maps for what vCPU threads have in flight.
+    pub in_flight: InFlightMode,
     /// Whose exits the guests of a patched KVM read.
     pub mirror: MirrorChoice,
     /// Also count exits per (process, reason, guest RIP): exit sites. It
@@ -105,10 +112,8 @@ impl Profiler {
         if !may_load_bpf() {
             return Err(LoadError::NotRoot);
         }
-        if EBPF_OBJECT.is_empty() {
-            return Err(LoadError::NoObject);
-        }
-        let hooks = hooks::all();
+        let host = Host::this();
+        let (object, hooks, why_hash) = object_for(options.in_flight, &host)?;
         let formats = read_formats(&hooks)?;
         let find = |event: &str| {
             formats
@@ -116,7 +121,7 @@ impl Profiler {
                 .find(|(h, _)| h.event == event)
                 .and_then(|(_, f)| f.as_ref())
         };
-        let plan = RawPlan::decide(options.attach, &Host::this(), options.sites)?;
+        let plan = RawPlan::decide(options.attach, &host, options.sites)?;
         let patched = options.mirror != MirrorChoice::Off && mirror::patched();
         let config = Config {
             filter: match options.filter {
@@ -136,9 +141,12 @@ impl Profiler {
         };
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
+        // aya 0.14 has no type for task storage maps (`Map::Unsupported`);
+        // user space never opens `IN_FLIGHT`, only the programs use it.
+        loader.allow_unsupported_maps();
         size_maps(&mut loader, options);
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| LoadError::Load(Box::new(e)))?;
         if let Filter::Tracked(pids) = &options.filter {
             let mut tracked: HashMap<_, u32, u8> = map_mut(&mut ebpf, "TRACKED_TGIDS")?;
@@ -192,7 +200,7 @@ impl Profiler {
             stats,
             mirror,
             attached_as: plan.attached(),
-            attach_note: plan.note(),
+            attach_note: join_notes(&plan.note(), &why_hash),
             breakdown: options.breakdown,
             sites: options.sites,
         })
@@ -357,6 +365,38 @@ fn may_load_bpf() -> bool {
     let caps = procfs::effective_capabilities();
     let has = |cap: u32| caps & (1 << cap) != 0;
     (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN)
+}
+
+/// The eBPF object for the in-flight store `mode` asks for on `host`, its
+/// hooks, and why it keeps exits in flight in hash maps ("" in task
+/// storage).
+fn object_for(
+    mode: InFlightMode,
+    host: &Host,
+) -> Result<(&'static [u8], Vec<Hook>, String), LoadError> {
+    let (store, why) = InFlightStore::decide(mode, host)?;
+    let object = match store {
+        InFlightStore::TaskStorage => EBPF_OBJECT,
+        InFlightStore::Hash => EBPF_OBJECT_HASH,
+    };
+    if object.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let hooks = hooks::all();
+    let note = match store {
+        InFlightStore::TaskStorage => String::new(),
+        InFlightStore::Hash => format!("exits in flight in hash maps: {why}"),
+    };
+    Ok((object, hooks, note))
+}
+
+/// `a; b`, or whichever is not empty.
+fn join_notes(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a.to_owned(),
+        (true, false) => b.to_owned(),
+        (false, false) => format!("{a}; {b}"),
+    }
 }
 
 /// Map capacities other than the built-in ones.

@@ -1,7 +1,9 @@
 //! The attach plan: which groups of KVM programs attach as raw
 //! tracepoints (offsets from BTF) and which as classic ones (offsets from
-//! tracefs), decided from a description of the host ([`Host`]: where its
-//! BTF and its module list are), so that it is tested without root.
+//! tracefs), and where vCPU threads keep what they have in flight (task
+//! storage or hash maps: [`InFlightStore`]), decided from a description of
+//! the host ([`Host`]: where its BTF and its module list are, its kernel
+//! release), so that it is tested without root.
 use std::path::{Path, PathBuf};
 
 use exitprof_common::config::RawOffsets;
@@ -14,6 +16,7 @@ use crate::{
     host::{
         backend::{self, KVM_AMD, SYS_MODULE},
         btf::{Arg, Btf, BtfError, Vmlinux},
+        procfs,
     },
     model::{Attached, events::RawArg},
 };
@@ -37,6 +40,8 @@ pub struct Host {
     pub btf_dir: PathBuf,
     /// `/sys/module`.
     pub sys_module: PathBuf,
+    /// The kernel release (`uname -r`).
+    pub release: String,
 }
 
 impl Host {
@@ -46,6 +51,7 @@ impl Host {
         Self {
             btf_dir: PathBuf::from("/sys/kernel/btf"),
             sys_module: PathBuf::from(SYS_MODULE),
+            release: procfs::kernel_release(),
         }
     }
 
@@ -53,6 +59,76 @@ impl Host {
     fn loadable(&self, module: &str) -> bool {
         self.sys_module.join(module).join("initstate").exists()
     }
+}
+
+/// Where vCPU threads' records in flight live (`--in-flight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InFlightMode {
+    /// Task storage where the kernel has it, hash maps elsewhere.
+    #[default]
+    Auto,
+    /// Task storage, or an error.
+    TaskStorage,
+    /// Hash maps keyed by thread id (the fallback).
+    Hash,
+}
+
+/// The store the programs use for what a vCPU thread has in flight (an
+/// exit before its entry, a return to user space before the next
+/// `KVM_RUN`): one eBPF object each (`exitprof-ebpf/src/in_flight.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InFlightStore {
+    /// `BPF_MAP_TYPE_TASK_STORAGE`: cheaper per event (measured in
+    /// BENCHMARKS.md), freed with the thread.
+    TaskStorage,
+    /// LRU hash maps keyed by thread id, emptied at thread exit by
+    /// `sched_process_exit`.
+    Hash,
+}
+
+/// Linux 5.12 let tracing programs (tracepoints, raw tracepoints) use
+/// task storage (commit a10787e6d58c, "bpf: Enable task local storage for
+/// tracing programs"); 5.11 had it for LSM programs only.
+const TASK_STORAGE_SINCE: (u32, u32) = (5, 12);
+
+impl InFlightStore {
+    /// Decides from `host`: task storage needs Linux 5.12 and the
+    /// kernel's BTF (the helper takes the BTF-typed current task). The
+    /// string says why the hash store was chosen ("" for task storage).
+    ///
+    /// # Errors
+    /// [`LoadError::TaskStorageUnavailable`] when `--in-flight
+    /// task-storage` cannot be had.
+    pub fn decide(mode: InFlightMode, host: &Host) -> Result<(Self, String), LoadError> {
+        if mode == InFlightMode::Hash {
+            return Ok((Self::Hash, "--in-flight hash".to_owned()));
+        }
+        let why_not = match release_version(&host.release) {
+            None => Some(format!("kernel release {:?} unreadable", host.release)),
+            Some(v) if v < TASK_STORAGE_SINCE => Some(format!(
+                "Linux {}.{} has no task storage for tracing programs (5.12 and later have)",
+                v.0, v.1
+            )),
+            Some(_) if !host.btf_dir.join("vmlinux").exists() => Some(format!(
+                "no kernel BTF ({}/vmlinux), which task storage needs",
+                host.btf_dir.display()
+            )),
+            Some(_) => None,
+        };
+        match (why_not, mode) {
+            (None, _) => Ok((Self::TaskStorage, String::new())),
+            (Some(why), InFlightMode::TaskStorage) => Err(LoadError::TaskStorageUnavailable(why)),
+            (Some(why), _) => Ok((Self::Hash, why)),
+        }
+    }
+}
+
+/// `(major, minor)` of a release like `6.1.0-28-amd64` or `5.12.0`.
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Which groups attach raw, with the offsets they need, or why not.
@@ -366,6 +442,7 @@ mod tests {
             Host {
                 btf_dir: self.0.join("btf"),
                 sys_module: self.0.join("module"),
+                release: "6.1.0-28-amd64".to_owned(),
             }
         }
         /// Loads `module` (as a loadable module).
@@ -509,5 +586,48 @@ mod tests {
             RawPlan::decide(AttachMode::Raw, &host.host(), false),
             Err(LoadError::RawUnavailable(_))
         ));
+    }
+
+    #[test]
+    fn in_flight_store_follows_release_and_btf() {
+        let (vmlinux, _) = kvm_btf();
+        let host = Fake::new("store");
+        host.btf("vmlinux", &vmlinux);
+        let decide = |mode, release: &str| {
+            let mut h = host.host();
+            release.clone_into(&mut h.release);
+            InFlightStore::decide(mode, &h)
+        };
+        for release in ["6.1.0-28-amd64", "5.12.0", "6.18.3+pvm"] {
+            let (store, why) = decide(InFlightMode::Auto, release).unwrap();
+            assert_eq!((store, why.as_str()), (InFlightStore::TaskStorage, ""));
+        }
+        let (store, why) = decide(InFlightMode::Auto, "5.11.22").unwrap();
+        assert_eq!(store, InFlightStore::Hash);
+        assert_eq!(
+            why,
+            "Linux 5.11 has no task storage for tracing programs (5.12 and later have)"
+        );
+        assert_eq!(
+            decide(InFlightMode::Hash, "6.1.0").unwrap(),
+            (InFlightStore::Hash, "--in-flight hash".to_owned())
+        );
+        let err = decide(InFlightMode::TaskStorage, "4.19.0").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("task storage is not possible here: Linux 4.19"),
+            "{err}"
+        );
+        assert!(
+            decide(InFlightMode::Auto, "garbage")
+                .unwrap()
+                .1
+                .contains("unreadable")
+        );
+        // No vmlinux BTF: the hash store, whatever the release.
+        let bare = Fake::new("store-nobtf");
+        let (store, why) = InFlightStore::decide(InFlightMode::Auto, &bare.host()).unwrap();
+        assert_eq!(store, InFlightStore::Hash);
+        assert!(why.starts_with("no kernel BTF ("), "{why}");
     }
 }

@@ -1,6 +1,6 @@
 //! Readout: every map summed over CPUs into one [`Snapshot`]; presenters
 //! read snapshots, never maps.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::OnceLock};
 
 use aya::{Ebpf, Pod};
 use exitprof_common::{
@@ -11,7 +11,7 @@ use exitprof_common::{
 
 use super::{
     error::LoadError,
-    maps::{array_entries, hash_entries},
+    maps::{Entries, array_entries, hash_entries},
 };
 use crate::model::{
     Backend, Events, ExitRow, PerSecond, SiteRow, Snapshot,
@@ -46,19 +46,9 @@ pub fn read(ebpf: &Ebpf, backend: Backend, breakdown: bool) -> Result<Snapshot, 
     } else {
         None
     };
-    snapshot.exits = reason_rows(&stats, per_vcpu.as_deref());
+    snapshot.exits = reason_rows(&stats, per_vcpu.as_ref());
     if let Some(per_vcpu) = &per_vcpu {
-        let mut rows: Vec<ExitRow> = per_vcpu
-            .iter()
-            .map(|(key, per_cpu)| {
-                let mut row =
-                    exit_row(key.slot, Some((key.pid, key.vcpu)), &sum_breakdown(per_cpu));
-                row.hist_log2_ns.clear();
-                row
-            })
-            .collect();
-        rows.sort_unstable_by_key(|r| (r.pid, r.vcpu, r.reason));
-        snapshot.exits.extend(rows);
+        snapshot.exits.extend(vcpu_rows(per_vcpu));
     }
     snapshot.dropped = array_entries::<u64>(ebpf, "DROPPED")?
         .iter()
@@ -78,7 +68,7 @@ pub fn read(ebpf: &Ebpf, backend: Backend, breakdown: bool) -> Result<Snapshot, 
 #[must_use]
 pub fn reason_rows(
     stats: &[Vec<ExitStats>],
-    breakdown: Option<&[(BreakdownKey, Vec<BreakdownStats>)]>,
+    breakdown: Option<&Entries<BreakdownKey, BreakdownStats>>,
 ) -> Vec<ExitRow> {
     let mut sums: Vec<ExitStats> = stats
         .iter()
@@ -86,7 +76,7 @@ pub fn reason_rows(
         .collect();
     if let Some(breakdown) = breakdown {
         let mut derived = vec![ExitStats::ZERO; sums.len()];
-        for (key, per_cpu) in breakdown {
+        for (key, per_cpu) in breakdown.iter() {
             let Some(d) = derived.get_mut(key.slot as usize) else {
                 continue;
             };
@@ -145,12 +135,53 @@ pub fn sum_exit_stats(per_cpu: &[ExitStats]) -> ExitStats {
     sum
 }
 
+/// The per-vCPU rows, ordered by (process, vCPU, reason). The order is
+/// found on small keys first and each row is built once, in place: with
+/// 10,000 keys, sorting the built rows and giving each a histogram it
+/// then dropped were a third of a snapshot (BENCHMARKS.md, "Readout").
+fn vcpu_rows(per_vcpu: &Entries<BreakdownKey, BreakdownStats>) -> Vec<ExitRow> {
+    let slots = slot_names();
+    let reason = |slot: u32| slots.get(slot as usize).map_or(u32::MAX, |s| s.1);
+    let mut order: Vec<(u32, u32, u32, &BreakdownKey, &[BreakdownStats])> = per_vcpu
+        .iter()
+        .map(|(key, per_cpu)| (key.pid, key.vcpu, reason(key.slot), key, per_cpu))
+        .collect();
+    order.sort_unstable_by_key(|&(pid, vcpu, reason, ..)| (pid, vcpu, reason));
+    order
+        .into_iter()
+        .map(|(pid, vcpu, _, key, per_cpu)| {
+            let sum = sum_breakdown(per_cpu);
+            exit_row_with(key.slot, Some((pid, vcpu)), &sum, Vec::new())
+        })
+        .collect()
+}
+
+/// Each slot's (isa, code, name), computed once: a name is a search of
+/// the reason table, and a snapshot names every row.
+fn slot_names() -> &'static [(Isa, u32, &'static str)] {
+    static NAMES: OnceLock<Vec<(Isa, u32, &'static str)>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        (0..reasons::SLOTS)
+            .map(|slot| match reasons::slot_reason(slot) {
+                Some((isa, code)) => (isa, code, reasons::name(isa, code)),
+                None if slot == SLOT_VMX_OTHER => (Isa::Vmx, OTHER_VMX_CODE, "other"),
+                None => (Isa::Svm, OTHER_SVM_CODE, "other"),
+            })
+            .collect()
+    })
+}
+
 fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
-    let (isa, reason, name) = match reasons::slot_reason(slot) {
-        Some((isa, code)) => (isa, code, reasons::name(isa, code)),
-        None if slot == SLOT_VMX_OTHER => (Isa::Vmx, OTHER_VMX_CODE, "other"),
-        None => (Isa::Svm, OTHER_SVM_CODE, "other"),
-    };
+    exit_row_with(slot, who, sum, sum.hist_log2_ns.to_vec())
+}
+
+/// A row of `slot` with histogram `hist` (empty in per-vCPU rows).
+fn exit_row_with(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats, hist: Vec<u64>) -> ExitRow {
+    let (isa, reason, name) =
+        slot_names()
+            .get(slot as usize)
+            .copied()
+            .unwrap_or((Isa::Svm, OTHER_SVM_CODE, "other"));
     ExitRow {
         isa,
         reason,
@@ -162,7 +193,7 @@ fn exit_row(slot: u32, who: Option<(u32, u32)>, sum: &ExitStats) -> ExitRow {
         total_ns: sum.total_ns,
         min_ns: sum.min_ns,
         max_ns: sum.max_ns,
-        hist_log2_ns: sum.hist_log2_ns.to_vec(),
+        hist_log2_ns: hist,
         ..ExitRow::default()
     }
 }
@@ -212,8 +243,10 @@ fn counts<K: Pod + Ord>(
         Some(cache) => array_entries::<CachedCount<K>>(ebpf, cache)?,
         None => Vec::new(),
     };
-    let mut per_key: BTreeMap<K, Vec<u64>> =
-        hash_entries::<K, u64>(ebpf, name)?.into_iter().collect();
+    let mut per_key: BTreeMap<K, Vec<u64>> = hash_entries::<K, u64>(ebpf, name)?
+        .iter()
+        .map(|(k, v)| (*k, v.to_vec()))
+        .collect();
     for way in &cached {
         for (cpu, c) in way.iter().enumerate() {
             if c.count == 0 {
@@ -349,6 +382,7 @@ mod tests {
             (key(0), vec![value(5, 300), value(3, 900)]),
             (key(1), vec![value(5, 400), BreakdownStats::default()]),
         ];
+        let breakdown = Entries::from_pairs(2, breakdown);
         let rows = reason_rows(&stats, Some(&breakdown));
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
@@ -357,6 +391,54 @@ mod tests {
         assert_eq!(r.hist_log2_ns[7], 9, "the histogram is EXIT_STATS'");
         let plain = reason_rows(&stats, None);
         assert_eq!((plain[0].count, plain[0].timed), (10, 9));
+    }
+
+    /// Per-vCPU rows come ordered by (process, vCPU, reason code), each
+    /// summed over CPUs, named, without a histogram.
+    #[test]
+    fn vcpu_rows_are_ordered_summed_and_named() {
+        let key = |pid, vcpu, code| BreakdownKey {
+            pid,
+            vcpu,
+            slot: reasons::slot(Isa::Svm as u32, code),
+            _pad: 0,
+        };
+        let value = |count| BreakdownStats {
+            count,
+            timed: count,
+            total_ns: 10 * count,
+            max_ns: count,
+        };
+        let entries = Entries::from_pairs(
+            2,
+            [
+                (key(9, 0, 0x72), vec![value(1), value(2)]),
+                (key(3, 1, 0x7b), vec![value(4), value(0)]),
+                (key(3, 1, 0x72), vec![value(5), value(6)]),
+                (key(3, 0, 0x400), vec![value(7), value(8)]),
+            ],
+        );
+        let rows = vcpu_rows(&entries);
+        let order: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:?} {:?} {:#x} {} {}",
+                    r.pid, r.vcpu, r.reason, r.name, r.count
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "Some(3) Some(0) 0x400 npf 15",
+                "Some(3) Some(1) 0x72 cpuid 11",
+                "Some(3) Some(1) 0x7b io 4",
+                "Some(9) Some(0) 0x72 cpuid 3",
+            ]
+        );
+        assert!(rows.iter().all(|r| r.hist_log2_ns.is_empty()));
+        assert_eq!((rows[1].total_ns, rows[1].max_ns), (110, 6));
     }
 
     #[test]

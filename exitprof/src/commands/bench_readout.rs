@@ -2,7 +2,9 @@
 //! snapshot takes with a per-vCPU map of KEYS synthetic keys.
 use std::{process::ExitCode, time::Instant};
 
-use crate::bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler};
+use exitprof_common::maps::BREAKDOWN_MAP_ENTRIES;
+
+use crate::bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler};
 
 /// Arguments of `exitprof bench-readout`.
 #[derive(clap::Args, Debug)]
@@ -23,9 +25,11 @@ pub fn main(args: &BenchReadoutArgs) -> anyhow::Result<ExitCode> {
     let mut profiler = Profiler::start(&Options {
         filter: Filter::All,
         breakdown: true,
-        map_entries: None,
+        // Room for every key (the built-in capacity is 16,384).
+        map_entries: (args.keys > BREAKDOWN_MAP_ENTRIES).then_some(args.keys),
         cost: false,
         attach: AttachMode::Auto,
+        in_flight: InFlightMode::Auto,
         mirror: MirrorChoice::Off,
         sites: false,
     })?;

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    bpf::{AttachMode, MirrorChoice},
+    bpf::MirrorChoice,
     cli::parse_duration,
     host::{
         backend::{self, SYS_MODULE, VendorModule},
@@ -241,17 +241,12 @@ pub fn main(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         );
         let outcome = profile(&Run {
             command: &command,
-            pids: &[],
-            all: false,
             duration: args.duration,
             // Per-process rows name the workload's pid in each run.
             breakdown: true,
-            map_entries: None,
-            cost: false,
-            attach: AttachMode::Auto,
             mirror: args.guest_mirror,
             interval: Some(args.interval),
-            sites: false,
+            ..Run::default()
         })?;
         if let Some(code) = outcome.status
             && code != 0

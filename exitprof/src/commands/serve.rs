@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    bpf::{AttachMode, Filter, LoadError, MirrorChoice, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, LoadError, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     http::{self, Counters, Limits, Request, Response},
@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Where vCPU threads' exits in flight are kept (see `stat --help`).
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
     /// With a KVM carrying exitprof's patch: each guest reads its own VM's
     /// exits (vm), every guest the whole host's (host), or no mirror (off).
     #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
@@ -137,6 +140,7 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: args.cost,
         attach: args.attach,
+        in_flight: args.in_flight,
         sites: false,
         mirror: args.guest_mirror,
     })?;

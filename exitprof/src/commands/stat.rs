@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
-    bpf::{AttachMode, MirrorChoice},
+    bpf::{AttachMode, InFlightMode, MirrorChoice},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     present::table,
@@ -22,6 +22,8 @@ Examples:
       every VM on the host, one JSON snapshot
   sudo exitprof stat --cost --attach classic -- exitprof vm --cpuid 100000
       what each program costs per event with classic tracepoints
+  sudo exitprof stat --ready-file /tmp/ready & while [ ! -e /tmp/ready ]; do sleep 0.1; done
+      start timing a workload only once exitprof is attached
   sudo exitprof stat --sites --guest-symbols System.map-6.1.0-56-amd64 -- qemu-system-x86_64 ...
       where in the guest kernel the exits come from, by function")]
 #[expect(
@@ -54,6 +56,15 @@ pub struct StatArgs {
     /// classic tracepoints (offsets from tracefs), or raw where possible.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Write exitprof's pid to this file once every program is attached
+    /// (it appears at once, by rename), and remove it once detached: a
+    /// script waits for it before starting what it measures.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Where vCPU threads' exits in flight are kept: task storage (Linux
+    /// 5.12+, the default where possible) or hash maps by thread id.
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
     /// With a KVM carrying exitprof's patch: each guest reads its own VM's
     /// exits (vm), every guest the whole host's (host: every tenant's
     /// activity, only where guests may see it), or no mirror (off).
@@ -101,6 +112,8 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         attach: args.attach,
         mirror: args.guest_mirror,
         interval: None,
+        in_flight: args.in_flight,
+        ready_file: args.ready_file.as_deref(),
         sites: args.sites || symbols.is_some(),
     })?;
     let names = &outcome.names;

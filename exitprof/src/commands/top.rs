@@ -9,12 +9,12 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs, vmname},
     model::{Snapshot, Symbols},
     present::table,
-    session::signals,
+    session::{ReadyFile, signals},
     tui::{self, app::App},
 };
 
@@ -45,6 +45,13 @@ pub struct TopArgs {
     /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+    /// Write exitprof's pid to this file once every program is attached,
+    /// and remove it once detached (see `stat --help`).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Where vCPU threads' exits in flight are kept (see `stat`).
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
     /// With a KVM carrying exitprof's patch: each guest reads its own VM's
     /// exits (vm), every guest the whole host's (host: every tenant's
     /// activity, only where guests may see it), or no mirror (off).
@@ -88,9 +95,11 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         map_entries: None,
         cost: false,
         attach: args.attach,
+        in_flight: args.in_flight,
         mirror: args.guest_mirror,
         sites: args.sites || symbols.is_some(),
     })?;
+    let _ready = ReadyFile::announce(args.ready_file.as_deref())?;
     let mut names = BTreeMap::new();
     let symbols = symbols.as_ref();
     if args.json {

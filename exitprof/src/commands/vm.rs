@@ -26,7 +26,8 @@ query adds one CPUID or hypercall exit and four `out`s to port 0xf0.
 Examples:
   exitprof vm --cpuid 1234 --pio 300 --mmio 200 --json
   exitprof vm --query cpuid:0x4ffffffb --query cpuid:0x4ffffffd:0x72 --query hypercall:0x283
-  exitprof vm --cpuid 100 --hlt 5 --rounds 0 --pause-ms 100   # until Ctrl-C")]
+  exitprof vm --cpuid 100 --hlt 5 --rounds 0 --pause-ms 100   # until Ctrl-C
+  exitprof vm --vcpus 4 --pio 100 --json   # 4 x (100 out + 100 in + 1 done)")]
 pub struct VmArgs {
     /// CPUID instructions per round.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -73,6 +74,10 @@ pub struct VmArgs {
     /// Query and report: cpuid:LEAF[:SUBLEAF] or hypercall:NR (repeatable).
     #[arg(long = "query", value_parser = parse_query, value_name = "QUERY")]
     pub queries: Vec<Query>,
+    /// vCPUs: each runs every round of the same program on its own thread
+    /// (so every count is multiplied by N), checked exactly per vCPU.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
+    pub vcpus: u32,
     /// Rounds to run; 0 runs until Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 1, value_name = "R")]
     pub rounds: u64,
@@ -153,6 +158,7 @@ impl From<&VmArgs> for Spec {
             queries: a.queries.clone(),
             rounds: a.rounds,
             pause_ms: a.pause_ms,
+            vcpus: a.vcpus,
         }
     }
 }
@@ -169,9 +175,10 @@ pub fn main(args: &VmArgs) -> anyhow::Result<ExitCode> {
     } else {
         let r = &report.requested;
         println!(
-            "exitprof vm: pid {}, backend {}, {} round(s) in {}",
+            "exitprof vm: pid {}, backend {}, {} vCPU(s), {} round(s) each in {}",
             report.pid,
             report.backend.name(),
+            report.vcpus,
             report.rounds,
             duration(report.duration_ns)
         );

@@ -8,6 +8,13 @@ pub fn hostname() -> String {
         .map_or_else(|_| "?".to_owned(), |h| h.trim().to_owned())
 }
 
+/// The running kernel's release (`uname -r`; "" when it cannot be read).
+#[must_use]
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| String::new(), |r| r.trim().to_owned())
+}
+
 /// `/proc/<pid>/comm`, if the process exists.
 #[must_use]
 pub fn comm(pid: u32) -> Option<String> {

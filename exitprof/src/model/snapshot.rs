@@ -19,7 +19,9 @@ pub struct Snapshot {
     /// How the KVM programs are attached.
     #[serde(default)]
     pub attach_mode: Attached,
-    /// Why programs are classic, when any are ("" when all are raw).
+    /// Why programs are classic, when any are, and why exits in flight
+    /// are kept in hash maps, when they are ("" when all are raw, in task
+    /// storage).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub attach_note: String,
     /// Whether `kvm_exit`/`kvm_entry` fire on this backend; when false,

@@ -7,17 +7,19 @@ pub mod signals;
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, MirrorChoice, Options, Profiler},
+    bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler},
     host::vmname,
     model::Snapshot,
 };
 use child::GatedChild;
 
 /// What to profile, and for how long.
+#[derive(Default)]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "the switches of one run, each its own command-line flag"
@@ -45,6 +47,44 @@ pub struct Run<'a> {
     pub interval: Option<Duration>,
     /// Count exits per guest RIP too (exit sites).
     pub sites: bool,
+    /// Task storage or hash maps for what vCPU threads have in flight.
+    pub in_flight: InFlightMode,
+    /// Written once every program is attached, removed once detached.
+    pub ready_file: Option<&'a Path>,
+}
+
+/// `--ready-file PATH`: the file exists exactly while exitprof is
+/// attached. It holds exitprof's pid and a newline and appears at once
+/// (written beside, then renamed), so that a script can wait for it
+/// before it starts the clock, and wait for it to go after stopping
+/// exitprof. Removed on drop, on every way out of the profile.
+pub struct ReadyFile(Option<PathBuf>);
+
+impl ReadyFile {
+    /// Announces that every program is attached.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn announce(path: Option<&Path>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let Some(path) = path else {
+            return Ok(Self(None));
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        Ok(Self(Some(path.to_owned())))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// What a profiled run saw.
@@ -109,6 +149,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
         map_entries: run.map_entries,
         cost: run.cost,
         attach: run.attach,
+        in_flight: run.in_flight,
         mirror: run.mirror,
         sites: run.sites,
     })?;
@@ -125,6 +166,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     } else {
         "all processes".to_owned()
     };
+    let ready = ReadyFile::announce(run.ready_file)?;
     let mut child = if run.command.is_empty() {
         None
     } else {
@@ -168,6 +210,7 @@ pub fn profile(run: &Run) -> anyhow::Result<Outcome> {
     }
     let snapshot = profiler.snapshot()?;
     drop(profiler);
+    drop(ready);
     if let (Some(c), None) = (child.as_mut(), status) {
         // Stopped by the deadline or a signal while the command runs: end
         // it as `perf stat --timeout` does.

@@ -30,13 +30,17 @@ pub struct Report {
     pub backend: Backend,
     /// Guest mode.
     pub mode: &'static str,
-    /// Rounds completed.
+    /// vCPUs, each running every round.
+    pub vcpus: u32,
+    /// Rounds completed (by each vCPU).
     pub rounds: u64,
     /// What each round did.
     pub requested: Requested,
-    /// Exits that reached user space, by `KVM_EXIT_*` name, over all rounds.
+    /// Exits that reached user space, by `KVM_EXIT_*` name, over all rounds
+    /// and vCPUs.
     pub userspace_exits: BTreeMap<&'static str, u64>,
-    /// Every query of every round, in the order the guest ran them.
+    /// Every query of every round, in the order the guest ran them (vCPU
+    /// 0's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryResult>,
     /// Wall time of all rounds.
@@ -91,6 +95,8 @@ pub struct Spec {
     pub rounds: u64,
     /// Pause between rounds, in milliseconds.
     pub pause_ms: u64,
+    /// vCPUs, each running the same program on its own thread.
+    pub vcpus: u32,
 }
 
 /// The per-round request, as the report shows it.
@@ -128,6 +134,9 @@ pub struct Requested {
 ///
 /// # Errors
 /// See [`WorkloadError`].
+///
+/// # Panics
+/// When a vCPU thread panics (a bug: they return errors).
 pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
     let args = &spec.per_round;
     let backend = backend::detect();
@@ -168,12 +177,76 @@ pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
     } else {
         Hypercall::Vmmcall
     };
-    let mut machine = vmm::Machine::new(params, &spec.queries, hypercall, args.mmio_gpa)?;
-    let mut exits = BTreeMap::new();
+    let mut machine = vmm::Machine::new(
+        params,
+        &spec.queries,
+        hypercall,
+        args.mmio_gpa,
+        spec.vcpus.max(1),
+    )?;
     let started = Instant::now();
+    let runs: Vec<Result<VcpuRun, WorkloadError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = machine
+            .vcpus
+            .iter_mut()
+            .map(|vcpu| scope.spawn(move || run_vcpu(vcpu, spec)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a vCPU thread panicked"))
+            .collect()
+    });
+    let duration_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let mut exits = BTreeMap::new();
+    let mut rounds = None;
+    for run in runs {
+        let run = run?;
+        for (name, n) in run.exits {
+            *exits.entry(name).or_default() += n;
+        }
+        rounds.get_or_insert(run.rounds);
+    }
+    let rounds = rounds.unwrap_or(0);
+    let reported = machine
+        .vcpus
+        .first_mut()
+        .map(|v| std::mem::take(&mut v.reported))
+        .unwrap_or_default();
+    Ok(Report {
+        pid: std::process::id(),
+        vcpus: spec.vcpus.max(1),
+        backend,
+        mode: if args.paging > 0 {
+            "protected32-paging"
+        } else {
+            "protected32"
+        },
+        rounds,
+        requested: args.clone(),
+        userspace_exits: exits,
+        queries: reported
+            .chunks_exact(4)
+            .zip(spec.queries.iter().cycle())
+            .map(|(regs, query)| QueryResult::new(*query, regs))
+            .collect(),
+        duration_ns,
+    })
+}
+
+/// What one vCPU did.
+struct VcpuRun {
+    rounds: u64,
+    exits: BTreeMap<&'static str, u64>,
+}
+
+/// Runs `spec`'s rounds on one vCPU and checks that exactly the exits
+/// each round must bring to user space did.
+fn run_vcpu(vcpu: &mut vmm::Vcpu, spec: &Spec) -> Result<VcpuRun, WorkloadError> {
+    let args = &spec.per_round;
+    let mut exits = BTreeMap::new();
     let mut rounds = 0;
     while spec.rounds == 0 || rounds < spec.rounds {
-        if signals::received().is_some() || !machine.run_once(&mut exits)? {
+        if signals::received().is_some() || !vcpu.run_once(&mut exits)? {
             break;
         }
         rounds += 1;
@@ -204,23 +277,5 @@ pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
             }
         }
     }
-    Ok(Report {
-        pid: std::process::id(),
-        backend,
-        mode: if args.paging > 0 {
-            "protected32-paging"
-        } else {
-            "protected32"
-        },
-        rounds,
-        requested: args.clone(),
-        userspace_exits: exits,
-        queries: machine
-            .reported
-            .chunks_exact(4)
-            .zip(spec.queries.iter().cycle())
-            .map(|(regs, query)| QueryResult::new(*query, regs))
-            .collect(),
-        duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-    })
+    Ok(VcpuRun { rounds, exits })
 }

@@ -1,6 +1,7 @@
-//! The VMM side of the workload: one VM, one vCPU, guest RAM at 0, the
-//! guest program at `CODE_GPA`, a run loop that answers every exit that
-//! reaches user space and counts them by `KVM_EXIT_*` reason.
+//! The VMM side of the workload: one VM, one or more vCPUs all running the
+//! same guest program, guest RAM at 0, the program at `CODE_GPA`, and a
+//! run loop per vCPU that answers every exit that reaches user space and
+//! counts them by `KVM_EXIT_*` reason.
 use std::{collections::BTreeMap, ptr::NonNull};
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
@@ -64,17 +65,23 @@ impl Drop for Ram {
     }
 }
 
-/// A VM ready to run the program.
+/// A VM ready to run the program on each of its vCPUs.
 pub struct Machine {
     _kvm: Kvm,
+    /// The vCPUs (dropped before the VM, in field order).
+    pub vcpus: Vec<Vcpu>,
     _vm: VmFd,
-    vcpu: VcpuFd,
+    // Dropped after the VM that maps it.
+    _ram: Ram,
+}
+
+/// One vCPU; each runs on its own thread.
+pub struct Vcpu {
+    fd: VcpuFd,
     /// 32-bit paging on (page tables at `PAGE_DIRECTORY_GPA`).
     paging: bool,
     /// The 32-bit values the guest wrote to `REPORT_PORT`, in order.
     pub reported: Vec<u32>,
-    // Dropped after the VM that maps it.
-    _ram: Ram,
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WorkloadError {
@@ -82,12 +89,14 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WorkloadError {
 }
 
 impl Machine {
-    /// Opens `/dev/kvm`, creates the VM and loads `params` and the program.
+    /// Opens `/dev/kvm`, creates the VM with `vcpus` vCPUs and loads
+    /// `params` and the program.
     pub fn new(
         params: Params,
         queries: &[Query],
         hypercall: Hypercall,
         mmio_gpa: u32,
+        vcpus: u32,
     ) -> Result<Self, WorkloadError> {
         let kvm = Kvm::new()
             .map_err(|e| WorkloadError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
@@ -113,27 +122,35 @@ impl Machine {
         // SAFETY: the region is our mapping, alive as long as the VM.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         // CPUID must be set for KVM to know the guest's features.
         let cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        let mut machine = Self {
+        let mut all = Vec::new();
+        for id in 0..u64::from(vcpus) {
+            let fd = vm.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let mut vcpu = Vcpu {
+                fd,
+                paging,
+                reported: Vec::new(),
+            };
+            vcpu.reset()?;
+            all.push(vcpu);
+        }
+        Ok(Self {
             _kvm: kvm,
+            vcpus: all,
             _vm: vm,
-            vcpu,
-            paging,
-            reported: Vec::new(),
             _ram: ram,
-        };
-        machine.reset()?;
-        Ok(machine)
+        })
     }
+}
 
+impl Vcpu {
     /// Flat 32-bit protected mode, paging off, at the program's start.
     fn reset(&mut self) -> Result<(), WorkloadError> {
-        let mut sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let mut sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         let flat = |selector: u16, type_: u8| kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -166,7 +183,7 @@ impl Machine {
         }
         sregs.cr4 = 0;
         sregs.efer = 0;
-        self.vcpu
+        self.fd
             .set_sregs(&sregs)
             .map_err(kvm_err("KVM_SET_SREGS"))?;
         let regs = kvm_bindings::kvm_regs {
@@ -174,7 +191,7 @@ impl Machine {
             rflags: 0x2,
             ..Default::default()
         };
-        self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
+        self.fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
     }
 
     /// Runs the program once, to the done port; counts the exits that
@@ -186,7 +203,7 @@ impl Machine {
     ) -> Result<bool, WorkloadError> {
         self.reset()?;
         loop {
-            let exit = match self.vcpu.run() {
+            let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
                     if signals::received().is_some() {
@@ -225,7 +242,7 @@ impl Machine {
                 }
                 other => {
                     let exit = format!("{other:?}");
-                    let rip = self.vcpu.get_regs().map_or(0, |r| r.rip);
+                    let rip = self.fd.get_regs().map_or(0, |r| r.rip);
                     return Err(WorkloadError::UnexpectedExit { exit, rip });
                 }
             };

@@ -15,35 +15,53 @@ use super::{
         Tracer, bpftool_costs, command_output, exitprof_costs, has_program, loaded_programs,
         push_slowdowns, vm_ms,
     },
-    types::{BPFTRACE_HOST, Report, Sizes},
+    types::{BPFTRACE_HOST, ProgramCost, Report, Sizes},
 };
 use crate::util::{output, run};
 
 pub(super) fn host(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let cpuid = sizes.host_cpuid.to_string();
+    // A tenth as many port I/O pairs: each is two returns to user space.
+    let pio = (sizes.host_cpuid / 10).to_string();
     let storm = [
         "--cpuid",
         cpuid.as_str(),
         "--pio",
-        "1000",
+        pio.as_str(),
         "--mmio",
         "1000",
         "--msr",
         "1000",
     ];
-    // Per-event cost: exitprof's own statistics, each mode.
-    for (tracer, mode) in [("exitprof-raw", "raw"), ("exitprof-classic", "classic")] {
-        let out = command_output(
-            Command::new(exitprof)
-                .args(["stat", "--cost", "--json", "--attach", mode, "--"])
-                .arg(exitprof)
-                .arg("vm")
-                .args(storm),
-        )?;
-        let snapshot: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
-            .context("exitprof stat printed no JSON")?;
-        report.host_cost.extend(exitprof_costs(&snapshot, tracer));
+    // Per-event cost: exitprof's own statistics, each mode (raw with the
+    // hash store of exits in flight too: before and after task storage),
+    // interleaved over rounds.
+    let modes: [(&str, &[&str]); 3] = [
+        ("exitprof-raw", &["--attach", "raw"]),
+        (
+            "exitprof-raw-hash",
+            &["--attach", "raw", "--in-flight", "hash"],
+        ),
+        ("exitprof-classic", &["--attach", "classic"]),
+    ];
+    let mut costs = Vec::new();
+    for _ in 0..sizes.host_rounds.min(3) {
+        for (tracer, args) in modes {
+            let out = command_output(
+                Command::new(exitprof)
+                    .args(["stat", "--cost", "--json"])
+                    .args(args)
+                    .arg("--")
+                    .arg(exitprof)
+                    .arg("vm")
+                    .args(storm),
+            )?;
+            let snapshot: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+                .context("exitprof stat printed no JSON")?;
+            costs.extend(exitprof_costs(&snapshot, tracer));
+        }
     }
+    report.host_cost.extend(ProgramCost::merge_rounds(costs));
     // bpftrace's program, with the kernel's statistics on while it runs.
     {
         let _stats = BpfStats::on()?;

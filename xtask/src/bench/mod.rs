@@ -7,6 +7,9 @@
 //! - host (real CPU, PVM backend: handler events only): per-event program
 //!   cost from the kernel's BPF statistics, and the slowdown of a CPUID
 //!   storm under exitprof (raw, classic) and bpftrace;
+//! - real guest (in the SVM sandbox, QEMU with KVM boots Linux with a
+//!   fixed workload): end-to-end time under every tracer, and exitprof's
+//!   event rate: the headline;
 //! - sandboxes (nested SVM under QEMU TCG, nested VMX under Bochs:
 //!   inflated, compare only ratios): per-event cost of
 //!   `kvm_exit`/`kvm_entry` in both modes and bpftrace's, and the slowdown
@@ -20,13 +23,15 @@ use std::{fs, process::Command};
 use anyhow::Context as _;
 
 mod exporter;
+mod guest;
 mod host;
+mod l2;
 mod nested;
 mod report;
 mod tools;
 mod types;
 
-use types::{FULL, Report, SMOKE};
+use types::{FULL, READOUT_KEYS, Report, SMOKE};
 
 use crate::{
     sandbox::Vendor,
@@ -39,11 +44,12 @@ pub struct BenchArgs {
     /// Small counts and one repetition: checks that the bench works.
     #[arg(long)]
     pub smoke: bool,
-    /// Only this part: host, readout, tui, exporter, sandbox (the SVM
-    /// sandbox) or vmx (the VMX sandbox); the report then holds that
-    /// part's figures and targets only.
-    #[arg(long, value_parser = ["host", "readout", "tui", "exporter", "sandbox", "vmx"])]
-    pub only: Option<String>,
+    /// Run only these parts (comma-separated: host, readout, tui,
+    /// exporter, sandbox (the SVM sandbox's micro-storms), vmx (the VMX
+    /// sandbox's), guest (the real guest)); the report then holds only
+    /// their figures and is written to `bench-PARTS.json`.
+    #[arg(long, value_delimiter = ',', value_parser = ["host", "readout", "tui", "exporter", "sandbox", "vmx", "guest"])]
+    pub only: Vec<String>,
 }
 
 /// `cargo xtask bench`.
@@ -53,19 +59,38 @@ pub struct BenchArgs {
 /// target is a FAIL line, not an error.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.smoke { SMOKE } else { FULL };
-    let wanted = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
     let exitprof = build_release()?;
     let mut report = Report {
         smoke: args.smoke,
         ..Report::default()
     };
-    if wanted("host") {
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let name = if args.only.is_empty() {
+        "bench".to_owned()
+    } else {
+        format!("bench-{}", args.only.join("-"))
+    };
+    let path = dir.join(if args.smoke {
+        format!("{name}-smoke.json")
+    } else {
+        format!("{name}.json")
+    });
+    // Written after every part: a part that fails late (the sandbox runs
+    // for most of an hour) leaves the earlier parts' figures.
+    let save = |report: &Report| -> anyhow::Result<()> {
+        fs::write(&path, serde_json::to_string_pretty(report)?)?;
+        Ok(())
+    };
+    let part = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    if part("host") {
         println!("[bench] host: per-event cost and CPUID-storm slowdown");
         host::host(&exitprof, &sizes, &mut report)?;
+        save(&report)?;
     }
-    if wanted("readout") {
+    if part("readout") {
         println!("[bench] readout");
-        for keys in [10, 1_000, 10_000] {
+        for keys in READOUT_KEYS {
             let out = tools::command_output(Command::new(&exitprof).args([
                 "bench-readout",
                 "--keys",
@@ -77,40 +102,42 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .readout
                 .push(serde_json::from_str(out.trim()).context("bench-readout printed no JSON")?);
         }
+        save(&report)?;
     }
-    if wanted("tui") {
+    if part("tui") {
         println!("[bench] exitprof top, 64 vCPUs x 30 reasons");
         report.tui = Some(host::tui(&exitprof, sizes.tui_seconds)?);
+        save(&report)?;
     }
-    if wanted("exporter") {
+    if part("exporter") {
         println!("[bench] exitprof serve, 64 VMs x 4 vCPUs x 30 reasons");
         report.exporter = Some(exporter::exporter(
             &exitprof,
             sizes.exporter_scrapes,
             sizes.exporter_idle_s,
         )?);
+        save(&report)?;
     }
-    if wanted("sandbox") {
-        println!("[bench] SVM sandbox (one boot of QEMU TCG)");
+    if part("sandbox") {
+        println!("[bench] SVM sandbox: micro-storms (one boot of QEMU TCG)");
         nested::sandbox_bench(&exitprof, Vendor::Svm, &sizes.svm, &mut report)?;
+        save(&report)?;
     }
-    if wanted("vmx") {
-        println!("[bench] VMX sandbox (one boot of Bochs)");
+    if part("vmx") {
+        println!("[bench] VMX sandbox: micro-storms (one boot of Bochs)");
         nested::sandbox_bench(&exitprof, Vendor::Vmx, &sizes.vmx, &mut report)?;
+        save(&report)?;
+    }
+    if part("guest") {
+        println!("[bench] sandbox: a real guest under every tracer (one boot)");
+        let kernel = crate::sandbox::fetch_kernel()?;
+        guest::guest_bench(&kernel, &exitprof, &sizes, &mut report)?;
     }
     report::targets(&mut report);
-    let dir = workspace_root().join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let path = dir.join(match (&args.only, args.smoke) {
-        (Some(part), true) => format!("bench-smoke-{part}.json"),
-        (Some(part), false) => format!("bench-{part}.json"),
-        (None, true) => "bench-smoke.json".to_owned(),
-        (None, false) => "bench.json".to_owned(),
-    });
-    fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    save(&report)?;
     print!("{}", report::render(&report));
     println!("[bench] wrote {}", path.display());
-    if args.smoke && args.only.is_none() {
+    if args.smoke && args.only.is_empty() {
         report::check_smoke(&report)?;
     }
     Ok(())

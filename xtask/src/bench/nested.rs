@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{
     tools::{bpftool_costs, exitprof_costs, push_slowdowns},
-    types::{BPFTRACE_VMEXIT, Nested, Report},
+    types::{BPFTRACE_VMEXIT, Nested, ProgramCost, Report},
 };
 use crate::sandbox::{self, BENCH_TOOLS, Results, Scenario, Vendor};
 
@@ -38,6 +38,7 @@ pub(super) fn sandbox_bench(
     let cpuid = sizes.cpuid;
     let pio = sizes.pio;
     let rounds = sizes.rounds;
+    let cost_rounds = sizes.rounds.min(2);
     let tracers = tracers(vendor);
     let tracer_list = tracers.join(" ");
     let script = format!(
@@ -48,9 +49,16 @@ IO="exitprof vm --json --pio {pio}"
 BT='{BPFTRACE_VMEXIT}'
 wait_prog() {{ i=0; while ! bpftool prog show | grep -q " name $1 " && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done; }}
 # Per-event cost: exitprof's own statistics in each mode, bpftrace's from bpftool.
-for mode in raw classic; do
-  timeout 300 exitprof stat --cost --json --attach $mode -- $CPUID > /tmp/cost.out 2>/dev/null
-  echo "@@EXITPROF cost_$mode $(tail -n 1 /tmp/cost.out)"
+# (raw with the hash store of exits in flight too; interleaved rounds)
+for r in $(seq {cost_rounds}); do
+  for mode in raw raw-hash classic; do
+    case $mode in
+      raw-hash) A="--attach raw --in-flight hash" ;;
+      *) A="--attach $mode" ;;
+    esac
+    timeout 300 exitprof stat --cost --json $A -- $CPUID > /tmp/cost.out 2>/dev/null
+    echo "@@EXITPROF cost $mode $(tail -n 1 /tmp/cost.out)"
+  done
 done
 echo 1 > /proc/sys/kernel/bpf_stats_enabled
 bpftrace -e "$BT" > /dev/null 2>&1 &
@@ -99,11 +107,14 @@ done
         Vendor::Svm => (&mut report.sandbox_cost, &mut report.sandbox_slowdown),
         Vendor::Vmx => (&mut report.vmx_cost, &mut report.vmx_slowdown),
     };
-    for mode in ["raw", "classic"] {
-        let snapshot: Value = serde_json::from_str(results.get(&format!("cost_{mode}"))?)
-            .with_context(|| format!("exitprof stat --attach {mode} printed no JSON"))?;
-        costs.extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
+    let mut runs = Vec::new();
+    for line in results.all("cost") {
+        let (mode, json) = line.split_once(' ').context("bad cost line")?;
+        let snapshot: Value = serde_json::from_str(json)
+            .with_context(|| format!("exitprof stat ({mode}) printed no JSON"))?;
+        runs.extend(exitprof_costs(&snapshot, &format!("exitprof-{mode}")));
     }
+    costs.extend(ProgramCost::merge_rounds(runs));
     let programs: Value = serde_json::from_str(results.get("cost_bpftrace")?)
         .context("bpftool printed no JSON in the sandbox")?;
     costs.extend(bpftool_costs(

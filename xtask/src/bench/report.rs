@@ -7,6 +7,7 @@ use super::types::{ProgramCost, Report};
 
 /// The issue's targets.
 pub(super) fn targets(r: &mut Report) {
+    guest_targets(r);
     // Added slowdown: exitprof raw below bpftrace and perf.
     for (scope, workload, others) in [
         ("sandbox", "cpuid-storm", &["bpftrace", "perf"][..]),
@@ -62,6 +63,7 @@ pub(super) fn targets(r: &mut Report) {
             0.5,
         );
     }
+    in_flight_targets(r);
     let handlers: Vec<(String, f64)> = r
         .host_cost
         .iter()
@@ -69,7 +71,14 @@ pub(super) fn targets(r: &mut Report) {
         .map(|c| (c.program.clone(), c.ns_per_run))
         .collect();
     for (program, ns) in handlers {
-        r.target(&format!("host: {program} ns per run"), ns, 100.0);
+        // Issue #16: a return to user space (count, and a timestamp in
+        // the thread's record) in at most 120 ns; the rest in 100.
+        let limit = if program == "kvm_userspace_exit_raw" {
+            120.0
+        } else {
+            100.0
+        };
+        r.target(&format!("host: {program} ns per run"), ns, limit);
     }
     let ten_k = r
         .readout
@@ -81,7 +90,7 @@ pub(super) fn targets(r: &mut Report) {
         r.target(
             "readout: one snapshot of 10,000 keys, ms",
             ns as f64 / 1e6,
-            10.0,
+            5.0,
         );
     }
     if let Some(tui) = r.tui.clone() {
@@ -157,9 +166,69 @@ fn render_per_exit(out: &mut String, r: &Report) {
     }
 }
 
+/// Task storage against the hash store of exits in flight, same run.
+fn in_flight_targets(r: &mut Report) {
+    for (scope, programs) in [
+        ("host", &["kvm_userspace_exit_raw"][..]),
+        ("host", &["sys_enter_ioctl"][..]),
+        ("sandbox", &["kvm_exit_raw", "kvm_entry_raw"][..]),
+    ] {
+        let costs = if scope == "host" {
+            &r.host_cost
+        } else {
+            &r.sandbox_cost
+        };
+        if let (Some(task), Some(hash)) = (
+            Report::cost(costs, "exitprof-raw", programs),
+            Report::cost(costs, "exitprof-raw-hash", programs),
+        ) {
+            // "No slower": within the rounds' noise of 5%.
+            r.target(
+                &format!(
+                    "{scope}: {} cost, task storage / hash store",
+                    programs.join("+")
+                ),
+                task / hash,
+                1.05,
+            );
+        }
+    }
+}
+
+/// The real guest: exitprof raw's slowdown below bpftrace's and perf
+/// record's (acceptance), and its added overhead at most a quarter of
+/// perf record's (the compass).
+fn guest_targets(r: &mut Report) {
+    let guest = &r.guest;
+    let ratio = |t: &str| guest.iter().find(|g| g.tracer == t).map(|g| g.ratio);
+    let Some(ours) = ratio("exitprof-raw") else {
+        return;
+    };
+    let others: Vec<(&str, f64)> = ["bpftrace", "perf-record"]
+        .iter()
+        .filter_map(|t| Some((*t, ratio(t)?)))
+        .collect();
+    let perf = ratio("perf-record");
+    for (other, theirs) in others {
+        r.target(
+            &format!("real guest: slowdown of exitprof-raw / of {other}"),
+            ours / theirs,
+            1.0,
+        );
+    }
+    if let Some(perf) = perf {
+        r.target(
+            "real guest: added time of exitprof-raw / of perf-record (compass: 1/4)",
+            (ours - 1.0) / (perf - 1.0),
+            0.25,
+        );
+    }
+}
+
 /// The short table.
 pub(super) fn render(r: &Report) -> String {
     let mut out = String::new();
+    super::guest::render(r, &mut out);
     let _ = writeln!(out, "\nPER-EVENT COST (kernel BPF statistics)");
     for (scope, costs) in [
         ("host", &r.host_cost),
@@ -169,8 +238,8 @@ pub(super) fn render(r: &Report) -> String {
         for c in costs {
             let _ = writeln!(
                 out,
-                "  {scope:<14} {:<17} {:<24} {:>10.1} ns  ({} runs)",
-                c.tracer, c.program, c.ns_per_run, c.runs
+                "  {scope:<14} {:<17} {:<24} {:>10.1} ns  ({:.1}-{:.1} over {} rounds, {} runs)",
+                c.tracer, c.program, c.ns_per_run, c.min_ns, c.max_ns, c.rounds, c.runs
             );
         }
     }
@@ -210,38 +279,7 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     if let Some(e) = &r.exporter {
-        let _ = writeln!(
-            out,
-            "EXPORTER (exitprof serve, 64 VMs x 4 vCPUs x 30 reasons of keys)"
-        );
-        for c in e["configs"].as_array().into_iter().flatten() {
-            let get = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
-            let what = if c["by_vcpu"] == true {
-                "per VM and vCPU"
-            } else {
-                "per VM"
-            };
-            let _ = writeln!(
-                out,
-                "  {what:<16} {:>6} series: scrape {:.1} ms (max {:.1}; {:.1} ms in exitprof), {:.2} ms CPU per scrape, idle {:.3}%, {:.3}% of a core at 15 s",
-                c["series"],
-                get("scrape_ms_median"),
-                get("scrape_ms_max"),
-                get("server_ms_per_scrape"),
-                get("cpu_ms_per_scrape"),
-                get("idle_cpu_percent"),
-                get("cpu_percent_at_15s"),
-            );
-            let _ = writeln!(
-                out,
-                "  {:<16} RSS {:.1} MB (peak {:.1}), {} bytes per scrape (OpenMetrics), {} (text)",
-                "",
-                get("rss_mb"),
-                get("peak_rss_mb"),
-                c["bytes_openmetrics"],
-                c["bytes_text"],
-            );
-        }
+        render_exporter(&mut out, e);
     }
     if r.smoke {
         let _ = writeln!(out, "TARGETS (smoke run: counts too small to judge them)");
@@ -259,6 +297,42 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     out
+}
+
+/// The exporter's lines of the short table.
+fn render_exporter(out: &mut String, e: &serde_json::Value) {
+    let _ = writeln!(
+        out,
+        "EXPORTER (exitprof serve, 64 VMs x 4 vCPUs x 30 reasons of keys)"
+    );
+    for c in e["configs"].as_array().into_iter().flatten() {
+        let get = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+        let what = if c["by_vcpu"] == true {
+            "per VM and vCPU"
+        } else {
+            "per VM"
+        };
+        let _ = writeln!(
+            out,
+            "  {what:<16} {:>6} series: scrape {:.1} ms (max {:.1}; {:.1} ms in exitprof), {:.2} ms CPU per scrape, idle {:.3}%, {:.3}% of a core at 15 s",
+            c["series"],
+            get("scrape_ms_median"),
+            get("scrape_ms_max"),
+            get("server_ms_per_scrape"),
+            get("cpu_ms_per_scrape"),
+            get("idle_cpu_percent"),
+            get("cpu_percent_at_15s"),
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} RSS {:.1} MB (peak {:.1}), {} bytes per scrape (OpenMetrics), {} (text)",
+            "",
+            get("rss_mb"),
+            get("peak_rss_mb"),
+            c["bytes_openmetrics"],
+            c["bytes_text"],
+        );
+    }
 }
 
 /// The smoke run must have measured everything (its numbers are too small
@@ -317,7 +391,7 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
         "smoke: a workload took no time"
     );
     ensure!(
-        r.readout.len() == 3 && r.tui.is_some(),
+        r.readout.len() == super::types::READOUT_KEYS.len() && r.tui.is_some(),
         "smoke: readout or tui missing"
     );
     let exporter_configs = r
@@ -335,6 +409,20 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
     ensure!(
         exporter_configs == 2,
         "smoke: the exporter was not measured in both configurations"
+    );
+    ensure!(
+        ["none", "exitprof-raw"]
+            .iter()
+            .all(|t| r.guest.iter().any(|g| g.tracer == *t))
+            && r.guest
+                .iter()
+                .all(|g| g.median_s > 0.0 && g.ratio.is_finite())
+            && r.guest_events
+                .iter()
+                .any(|e| e.tracer == "exitprof-raw" && e.exits > 0),
+        "smoke: real guest times {:?} / exitprof's events {:?}",
+        r.guest,
+        r.guest_events
     );
     ensure!(
         r.targets.len() >= 10,

@@ -51,11 +51,31 @@ impl Tracer {
 }
 
 impl Drop for Tracer {
+    /// SIGINT (the tracers write their results then), again after 5 s
+    /// (bpftrace 0.17 has been seen to miss the first one right after it
+    /// attached, and the bench then waited for it forever), SIGKILL after
+    /// 20 s.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
+        let pid = self.0.id().to_string();
+        let interrupt = || {
+            let _ = Command::new("kill").args(["-INT", &pid]).status();
+        };
+        let started = Instant::now();
+        let mut again = true;
+        interrupt();
+        while matches!(self.0.try_wait(), Ok(None)) {
+            let waited = started.elapsed();
+            if waited > Duration::from_secs(20) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            if again && waited > Duration::from_secs(5) {
+                again = false;
+                interrupt();
+            }
+            sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -93,6 +113,9 @@ pub(super) fn program_costs(
                 program: name.to_owned(),
                 runs,
                 ns_per_run: per,
+                rounds: 1,
+                min_ns: per,
+                max_ns: per,
             })
         })
         .collect()

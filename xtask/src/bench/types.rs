@@ -2,6 +2,63 @@
 use serde::Serialize;
 use serde_json::Value;
 
+/// What the guest's `/init` does, once.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(super) struct GuestWork {
+    /// Lines of 72 characters written to the serial console (each byte an
+    /// `out` that QEMU, in user space, handles).
+    pub(super) console_lines: u32,
+    /// Iterations of a shell arithmetic loop (CPU, no exits).
+    pub(super) cpu_loop: u32,
+    /// MB written into a fresh tmpfs file and freed, per round: the first
+    /// touch of every guest page faults (nested page faults in the host).
+    pub(super) fault_mb: u32,
+    /// Rounds of `fault_mb`.
+    pub(super) fault_rounds: u32,
+    /// `sleep 0.05` calls (HLT, timer interrupts).
+    pub(super) sleeps: u32,
+}
+
+/// The tracers, in the order each round runs them.
+pub(super) const TRACERS: &[&str] = &[
+    "none",
+    "exitprof-raw",
+    "exitprof-classic",
+    "bpftrace",
+    "perf-record",
+    "perf-live",
+    "kvm_stat",
+];
+
+/// One tracer's end-to-end guest times.
+#[derive(Debug, Serialize)]
+pub(super) struct GuestTime {
+    pub(super) tracer: String,
+    pub(super) rounds: usize,
+    pub(super) median_s: f64,
+    pub(super) min_s: f64,
+    pub(super) max_s: f64,
+    /// Median over the untraced median.
+    pub(super) ratio: f64,
+}
+
+/// What exitprof counted during one guest run.
+#[derive(Debug, Serialize)]
+pub(super) struct GuestEvents {
+    pub(super) tracer: String,
+    pub(super) seconds: f64,
+    /// `kvm_exit`s counted.
+    pub(super) exits: u64,
+    /// Events its programs handled: exits, entries, handler events and
+    /// returns to user space.
+    pub(super) events: u64,
+    pub(super) exits_per_s: f64,
+    pub(super) events_per_s: f64,
+}
+
+/// Keys in the per-vCPU map of each readout measurement.
+pub(super) const READOUT_KEYS: [u32; 4] = [10, 1_000, 10_000, 100_000];
+
 /// Workload sizes and repetitions.
 pub(super) struct Sizes {
     pub(super) host_cpuid: u32,
@@ -17,6 +74,16 @@ pub(super) struct Sizes {
     pub(super) exporter_scrapes: usize,
     /// Seconds the exporter is watched idle.
     pub(super) exporter_idle_s: u64,
+    /// The real guest's work.
+    pub(super) guest_work: GuestWork,
+    /// Rounds of the real guest under every tracer.
+    pub(super) guest_rounds: usize,
+    /// Which tracers the real guest runs under.
+    pub(super) guest_tracers: &'static [&'static str],
+    /// Longest the real-guest sandbox boot may take.
+    pub(super) guest_timeout_s: u64,
+    /// Longest one guest run may take before it counts as hung.
+    pub(super) guest_run_timeout_s: u64,
 }
 
 /// The workloads of one nested sandbox.
@@ -48,6 +115,17 @@ pub(super) const FULL: Sizes = Sizes {
     tui_seconds: 60,
     exporter_scrapes: 30,
     exporter_idle_s: 15,
+    guest_work: GuestWork {
+        console_lines: 2_000,
+        cpu_loop: 200_000,
+        fault_mb: 150,
+        fault_rounds: 2,
+        sleeps: 40,
+    },
+    guest_rounds: 3,
+    guest_tracers: TRACERS,
+    guest_timeout_s: 5400,
+    guest_run_timeout_s: 400,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
@@ -69,6 +147,17 @@ pub(super) const SMOKE: Sizes = Sizes {
     tui_seconds: 5,
     exporter_scrapes: 3,
     exporter_idle_s: 2,
+    guest_work: GuestWork {
+        console_lines: 20,
+        cpu_loop: 1_000,
+        fault_mb: 8,
+        fault_rounds: 1,
+        sleeps: 2,
+    },
+    guest_rounds: 1,
+    guest_tracers: &["none", "exitprof-raw", "kvm_stat"],
+    guest_timeout_s: 600,
+    guest_run_timeout_s: 150,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
@@ -87,7 +176,41 @@ pub(super) struct ProgramCost {
     pub(super) tracer: String,
     pub(super) program: String,
     pub(super) runs: u64,
+    /// The median over `rounds` interleaved runs (each run's mean).
     pub(super) ns_per_run: f64,
+    pub(super) rounds: usize,
+    pub(super) min_ns: f64,
+    pub(super) max_ns: f64,
+}
+
+impl ProgramCost {
+    /// One figure per (tracer, program) from several rounds: the median
+    /// of the rounds' means, with their spread, and the runs added up.
+    pub(super) fn merge_rounds(costs: Vec<Self>) -> Vec<Self> {
+        let mut merged: Vec<(Self, Vec<f64>)> = Vec::new();
+        for c in costs {
+            if let Some((m, ns)) = merged
+                .iter_mut()
+                .find(|(m, _)| m.tracer == c.tracer && m.program == c.program)
+            {
+                m.runs += c.runs;
+                ns.push(c.ns_per_run);
+            } else {
+                let ns = vec![c.ns_per_run];
+                merged.push((c, ns));
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(mut m, ns)| {
+                m.rounds = ns.len();
+                m.min_ns = ns.iter().copied().fold(f64::INFINITY, f64::min);
+                m.max_ns = ns.iter().copied().fold(0.0, f64::max);
+                m.ns_per_run = median(ns);
+                m
+            })
+            .collect()
+    }
 }
 
 /// One workload's time under one tracer. Noise on these machines only
@@ -127,6 +250,14 @@ pub(super) struct Report {
     pub(super) readout: Vec<Value>,
     pub(super) tui: Option<Value>,
     pub(super) exporter: Option<Value>,
+    /// The real guest's work, when that part ran.
+    pub(super) guest_work: Option<GuestWork>,
+    /// The real guest's times under each tracer.
+    pub(super) guest: Vec<GuestTime>,
+    /// What exitprof counted while the real guest ran.
+    pub(super) guest_events: Vec<GuestEvents>,
+    /// Why a tracer of the real guest was left out, if one was.
+    pub(super) guest_notes: Vec<String>,
     pub(super) targets: Vec<Target>,
 }
 

@@ -20,6 +20,7 @@ use anyhow::ensure;
 mod bochs;
 mod debian;
 mod initramfs;
+pub mod l2;
 mod pvh;
 mod qemu;
 mod results;
@@ -51,20 +52,40 @@ pub fn run_scenario(
     exitprof: &Path,
     scenario: &Scenario,
 ) -> anyhow::Result<Results> {
-    match boot(kernel, exitprof, scenario) {
+    run_scenario_with_memory(kernel, exitprof, scenario, DEFAULT_MEMORY_MB)
+}
+
+/// Guest RAM of the SVM sandbox, unless a scenario needs more. (Bochs
+/// sizes the VMX sandbox's RAM from its initramfs.)
+pub const DEFAULT_MEMORY_MB: u32 = 1024;
+
+/// [`run_scenario`] with `memory_mb` of SVM sandbox RAM (a real VMM with
+/// a guest OS inside the sandbox needs more than the default).
+pub fn run_scenario_with_memory(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+    memory_mb: u32,
+) -> anyhow::Result<Results> {
+    match boot(kernel, exitprof, scenario, memory_mb) {
         Err(e) if e.downcast_ref::<scenario::Stalled>().is_some() => {
             println!(
                 "[sandbox] {}: WARNING: {e:#}; booting again once",
                 scenario.name
             );
-            boot(kernel, exitprof, scenario)
+            boot(kernel, exitprof, scenario, memory_mb)
         }
         other => other,
     }
 }
 
 /// One boot of `scenario`.
-fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result<Results> {
+fn boot(
+    kernel: &Kernel,
+    exitprof: &Path,
+    scenario: &Scenario,
+    memory_mb: u32,
+) -> anyhow::Result<Results> {
     let started = Instant::now();
     let log = sandbox_dir().join(format!("{}.log", scenario.name));
     let _ = std::fs::remove_file(&log);
@@ -80,7 +101,7 @@ fn boot(kernel: &Kernel, exitprof: &Path, scenario: &Scenario) -> anyhow::Result
         u8::from(scenario.nested_paging)
     );
     let times = match vendor {
-        Vendor::Svm => qemu::boot(kernel, exitprof, scenario, &log)?,
+        Vendor::Svm => qemu::boot(kernel, exitprof, scenario, memory_mb, &log)?,
         Vendor::Vmx => bochs::boot(kernel, exitprof, scenario, &log)?,
     };
     let results = Results::read(log)?;

@@ -20,6 +20,7 @@ pub fn boot(
     kernel: &Kernel,
     exitprof: &Path,
     scenario: &Scenario,
+    memory_mb: u32,
     log: &Path,
 ) -> anyhow::Result<BootTimes> {
     let started = Instant::now();
@@ -27,26 +28,20 @@ pub fn boot(
     let initramfs = sandbox_dir().join(format!("{}.initramfs.gz", scenario.name));
     initramfs::pack(&root, &initramfs, true)?;
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-cpu",
-        "qemu64,+svm,+npt",
-        "-m",
-        "1024",
-        "-smp",
-    ])
-    .arg(scenario.cpus.to_string())
-    .arg("-kernel")
-    .arg(&kernel.vmlinuz)
-    .arg("-initrd")
-    .arg(&initramfs)
-    // nokaslr: the sandbox's /proc/kallsyms is then also the symbol map of
-    // an L2 guest booting the same kernel with nokaslr (qemu-guest-sites).
-    .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr"])
-    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-    .arg("-serial")
-    .arg(format!("file:{}", log.display()));
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m"])
+        .arg(memory_mb.to_string())
+        .arg("-smp")
+        .arg(scenario.cpus.to_string())
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initramfs)
+        // nokaslr: the sandbox's /proc/kallsyms is then also the symbol map of
+        // an L2 guest booting the same kernel with nokaslr (qemu-guest-sites).
+        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {cmd:?}"))?;

@@ -17,22 +17,13 @@
 //! 858 MB for 6.1.0-56). The sandbox runs the same kernel with `nokaslr`,
 //! so its own `/proc/kallsyms` (without module symbols) is that map: the
 //! scenario writes it to a file and hands it to `--guest-symbols`.
-use std::{
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
 use super::common::snapshot;
-use crate::{
-    sandbox::{Kernel, Scenario, Vendor, add_binary, run_scenario, sandbox_dir},
-    util::run,
-};
+use crate::sandbox::{Kernel, Scenario, Vendor, l2, run_scenario};
 
 /// The L2 guest's name, as its QEMU command line gives it.
 const NAME: &str = "l2web";
@@ -44,92 +35,10 @@ const STEXT: u64 = 0xffff_ffff_8100_0000;
 /// Sites of the boot that are checked (by count).
 const TOP: usize = 10;
 
-/// QEMU's firmware for `-kernel` boots: (host path, name under `-L`).
-const FIRMWARE: &[(&str, &str)] = &[
-    ("/usr/share/seabios/bios-256k.bin", "bios-256k.bin"),
-    ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
-    ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
-];
-
-/// An L2 guest's initramfs `name`: busybox, the `binaries` (host path,
-/// path in the guest; with their libraries), and `init` as `/init` (with
-/// `PATH=/bin`, `/dev`, `/proc` and `/sys` mounted before it).
-pub(super) fn l2_initramfs(
-    name: &str,
-    init: &str,
-    binaries: &[(&Path, &str)],
-) -> anyhow::Result<PathBuf> {
-    let root = sandbox_dir().join(name);
-    let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "dev", "proc", "sys", "tmp"] {
-        fs::create_dir_all(root.join(dir))?;
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
-    for applet in ["sh", "mount", "echo", "poweroff", "sleep", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    for (from, to) in binaries {
-        add_binary(&root, from, to)?;
-    }
-    let script = root.join("init");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexport PATH=/bin\nmount -t devtmpfs dev /dev\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n{init}\npoweroff -f\n"
-        ),
-    )?;
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-    let image = sandbox_dir().join(format!("{name}.gz"));
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "find . -print | cpio -o -H newc --quiet | gzip -1 > {}",
-            image.display()
-        ))
-        .current_dir(&root))?;
-    Ok(image)
-}
-
-/// What a sandbox needs to boot an L2 guest with QEMU (host path, path in
-/// the sandbox): QEMU, its firmware under `/l2/fw`, the kernel as
-/// `/l2/vmlinuz` and `initrd` as `/l2/initrd.gz`.
-pub(super) fn qemu_files(kernel: &Kernel, initrd: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let mut files = vec![
-        (
-            "/usr/bin/qemu-system-x86_64".to_owned(),
-            "/bin/qemu-system-x86_64".to_owned(),
-        ),
-        (
-            path_str(&kernel.vmlinuz)?.to_owned(),
-            "/l2/vmlinuz".to_owned(),
-        ),
-        (path_str(initrd)?.to_owned(), "/l2/initrd.gz".to_owned()),
-    ];
-    files.extend(
-        FIRMWARE
-            .iter()
-            .map(|(from, name)| ((*from).to_owned(), format!("/l2/fw/{name}"))),
-    );
-    Ok(files)
-}
-
-/// The QEMU command line that boots the L2 guest `name` (1 vCPU, 256 MB)
-/// with its serial console in `serial`.
-pub(super) fn qemu_command(name: &str, serial: &str) -> String {
-    format!(
-        "qemu-system-x86_64 -name guest={name},debug-threads=on -enable-kvm -cpu qemu64 -m 256 \\\n  -nodefaults -display none -no-reboot -serial file:{serial} -L /l2/fw \\\n  -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append \"console=ttyS0 nokaslr panic=-1 loglevel=4\""
-    )
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
 /// Runs the scenario.
 pub(super) fn qemu_guest_sites(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let initrd = l2_initramfs("l2-initramfs", "echo L2-BOOTED > /dev/ttyS0", &[])?;
-    let extra = qemu_files(kernel, &initrd)?;
+    let initrd = l2::initramfs("l2-initramfs", "echo L2-BOOTED > /dev/ttyS0", &[])?;
+    let extra = l2::qemu_files(kernel, &initrd)?;
     let extra: Vec<(&str, &str)> = extra
         .iter()
         .map(|(f, t)| (f.as_str(), t.as_str()))
@@ -164,7 +73,7 @@ while read -r l; do echo "@@EXITPROF serial $l"; done < /tmp/l2.serial
 while read -r l; do echo "@@EXITPROF stderr $l"; done < /tmp/stat.err
 while read -r l; do echo "@@EXITPROF top_stderr $l"; done < /tmp/top.err
 "#,
-        qemu = qemu_command(NAME, "/tmp/l2.serial"),
+        qemu = l2::qemu_command(NAME, "/tmp/l2.serial"),
     );
     let results = run_scenario(
         kernel,

@@ -117,7 +117,7 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
     // Style first: a lint failure fails in seconds, not after the sandbox.
     lint()?;
     let root = workspace_root();
-    build_release()?;
+    let exitprof = build_release()?;
     tally.lap("setup, lint, release build");
     // Root tests share kernel state (attached programs, tracefs): one at a
     // time.
@@ -147,7 +147,15 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             e2e_one(args, vendor),
         );
     }
-    if args.only.is_none() && args.sandbox.is_none() {
+    let everything = args.only.is_none() && args.sandbox.is_none();
+    if everything {
+        // VMs coming and going under exitprof top and stat, briefly
+        // (`cargo xtask soak` runs it for 10 minutes).
+        println!("[test] soak, {} s of VM churn", crate::soak::SHORT.seconds);
+        tally.one(
+            "short soak",
+            crate::soak::run(&exitprof, &crate::soak::SHORT),
+        );
         // The bench with small counts, so that it cannot rot (its numbers
         // are not judged here).
         println!("[test] cargo xtask bench --smoke");
@@ -155,7 +163,7 @@ pub fn test(args: &E2eArgs) -> anyhow::Result<()> {
             "bench smoke run",
             crate::bench::bench(&crate::bench::BenchArgs {
                 smoke: true,
-                only: None,
+                only: Vec::new(),
             }),
         );
     }
@@ -192,22 +200,28 @@ pub fn lint() -> anyhow::Result<()> {
         .env("AYA_BUILD_SKIP", "1")
         .current_dir(&root))
     .context("clippy found problems in user space")?;
-    println!("[lint] cargo clippy (the eBPF crate, bpfel-unknown-none)");
-    run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "clippy",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .current_dir(root.join("exitprof-ebpf")))
-    .context("clippy found problems in the eBPF crate")
+    // Both objects: in-flight records in task storage, and in hash maps.
+    for features in [&[][..], &["--features", "hash-in-flight"]] {
+        println!(
+            "[lint] cargo clippy (the eBPF crate, bpfel-unknown-none) {}",
+            features.join(" ")
+        );
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(features)
+            .args(["--", "-D", "warnings"])
+            .current_dir(root.join("exitprof-ebpf")))
+        .context("clippy found problems in the eBPF crate")?;
+    }
+    Ok(())
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`.

@@ -8,22 +8,19 @@ use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
 use crate::{
-    sandbox::{Kernel, Results},
-    scenarios::{
-        common::{SVM_CPUID, snapshot},
-        qemu_guest,
-    },
+    sandbox::{Kernel, Results, l2},
+    scenarios::common::{SVM_CPUID, snapshot},
 };
 
 /// The files the sandbox needs for the L2 guest: its kernel and an
 /// initramfs with `exitprof` and [`L2_INIT`].
 pub(super) fn files(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let initrd = qemu_guest::l2_initramfs(
+    let initrd = l2::initramfs(
         "l2-mirror-initramfs",
         L2_INIT,
         &[(exitprof, "/bin/exitprof")],
     )?;
-    qemu_guest::qemu_files(kernel, &initrd)
+    l2::qemu_files(kernel, &initrd)
 }
 
 /// The L2 guest of the real-guest part: its name, and what its init
@@ -56,7 +53,7 @@ echo "@@EXITPROF qstat $(cat /tmp/q.out)"
 while read -r l; do echo "@@EXITPROF qstat_stderr $l"; done < /tmp/q.err
 while IFS= read -r l; do echo "@@EXITPROF l2 $l"; done < /tmp/l2.serial
 "#,
-        qemu = qemu_guest::qemu_command(L2_NAME, "/tmp/l2.serial"),
+        qemu = l2::qemu_command(L2_NAME, "/tmp/l2.serial"),
     )
 }
 
