@@ -185,16 +185,25 @@ pub fn run(spec: &Spec) -> Result<Report, WorkloadError> {
         spec.vcpus.max(1),
     )?;
     let started = Instant::now();
+    // vCPU 0 runs on this thread, the others on threads of their own: a
+    // one-vCPU VM is then one thread, whose id is the process's, as ftrace
+    // and perf show it (the sandbox's ground truth is keyed by it).
     let runs: Vec<Result<VcpuRun, WorkloadError>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = machine
+        let (first, others) = machine
             .vcpus
+            .split_first_mut()
+            .expect("a machine has at least one vCPU");
+        let threads: Vec<_> = others
             .iter_mut()
             .map(|vcpu| scope.spawn(move || run_vcpu(vcpu, spec)))
             .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("a vCPU thread panicked"))
-            .collect()
+        let mut runs = vec![run_vcpu(first, spec)];
+        runs.extend(
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a vCPU thread panicked")),
+        );
+        runs
     });
     let duration_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let mut exits = BTreeMap::new();
