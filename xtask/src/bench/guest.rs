@@ -140,15 +140,19 @@ for r in $(seq {rounds}); do
 done
 tail -n 5 /tmp/l2.log | while IFS= read -r l; do echo "@@EXITPROF l2log $l"; done
 # Attach to and detach from the running guest, in the middle of its exits,
-# with each store of exits in flight.
-timeout {run_s} $G -append "$A" > /tmp/l2.log 2>&1 &
-QEMU=$!
+# with each store of exits in flight (the guest boots again and again
+# until the last one, so that a short guest, as in --smoke, is running
+# whenever exitprof attaches or detaches).
+rm -f /tmp/attach-done
+( while [ ! -e /tmp/attach-done ]; do timeout {run_s} $G -append "$A" > /tmp/l2.log 2>&1; done ) &
+LOOP=$!
 sleep 3
 for store in task-storage hash task-storage; do
   timeout 120 exitprof stat --json --duration 2s --in-flight $store > /tmp/attach.json 2>/dev/null
   echo "@@EXITPROF attach $store $(tail -n 1 /tmp/attach.json)"
 done
-wait $QEMU
+touch /tmp/attach-done
+wait $LOOP
 "#,
         tracers = tracers.join(" "),
     )

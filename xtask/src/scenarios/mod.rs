@@ -16,11 +16,15 @@ mod serve;
 mod vmexit;
 mod vmx;
 
+/// One SVM scenario, ready to run.
+type Run<'a> = Box<dyn Fn() -> anyhow::Result<()> + 'a>;
+
 /// Runs every scenario of `vendor`'s sandbox whose name contains `only`
-/// (all without it); returns how many ran (and passed).
+/// (all without it), each to its end even when an earlier one failed;
+/// returns how many ran (and passed).
 ///
 /// # Errors
-/// The first scenario that failed.
+/// The first scenario that failed (every failure is printed).
 pub fn run_all(
     kernel: &Kernel,
     exitprof: &Path,
@@ -31,38 +35,52 @@ pub fn run_all(
     if vendor == Vendor::Vmx {
         return vmx::run_all(kernel, exitprof, &wanted);
     }
-    let mut passed = 0;
-    if wanted(vmexit::NAME) {
-        vmexit::vmexit_ground_truth(kernel, exitprof)?;
-        passed += 1;
-    }
-    if wanted("qemu-guest-sites") {
-        qemu_guest::qemu_guest_sites(kernel, exitprof)?;
-        passed += 1;
-    }
-    if wanted(record::NAME) {
-        record::record_ept_both(kernel, exitprof)?;
-        passed += 1;
-    }
-    if wanted("module-reload") {
-        let modules = crate::kernel::build(kernel)?;
-        reload::module_reload(kernel, exitprof, &modules)?;
-        passed += 1;
-    }
+    let mut scenarios: Vec<(String, Run)> = vec![
+        (
+            vmexit::NAME.to_owned(),
+            Box::new(|| vmexit::vmexit_ground_truth(kernel, exitprof)),
+        ),
+        (
+            "qemu-guest-sites".to_owned(),
+            Box::new(|| qemu_guest::qemu_guest_sites(kernel, exitprof)),
+        ),
+        (
+            record::NAME.to_owned(),
+            Box::new(|| record::record_ept_both(kernel, exitprof)),
+        ),
+        (
+            "module-reload".to_owned(),
+            Box::new(|| {
+                let modules = crate::kernel::build(kernel)?;
+                reload::module_reload(kernel, exitprof, &modules)
+            }),
+        ),
+    ];
     // The kernel side on its own, before exitprof's use of it.
     for line in crate::sandbox::KernelLine::ALL {
-        if wanted(&format!("kvm-selftest-{}", line.name())) {
-            selftest::kvm_selftest(line, exitprof)?;
-            passed += 1;
-        }
+        scenarios.push((
+            format!("kvm-selftest-{}", line.name()),
+            Box::new(move || selftest::kvm_selftest(line, exitprof).map(drop)),
+        ));
     }
     for line in crate::sandbox::KernelLine::ALL {
-        if wanted(&format!("guest-cpuid-mirror-{}", line.name())) {
-            mirror::guest_cpuid_mirror(line, exitprof)?;
-            passed += 1;
+        scenarios.push((
+            format!("guest-cpuid-mirror-{}", line.name()),
+            Box::new(move || mirror::guest_cpuid_mirror(line, exitprof)),
+        ));
+    }
+    let mut passed = 0;
+    let mut first_error = None;
+    for (name, run) in scenarios.iter().filter(|(name, _)| wanted(name)) {
+        match run() {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                println!("[e2e] {name}: FAIL: {e:#}");
+                first_error.get_or_insert(e.context(name.clone()));
+            }
         }
     }
-    Ok(passed)
+    first_error.map_or(Ok(passed), Err)
 }
 
 /// `cargo xtask demo --sandbox`: the workload in a loop and one interval
