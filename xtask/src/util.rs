@@ -84,3 +84,34 @@ pub fn download_deb(debs: &Path, package: &str, version: &str) -> anyhow::Result
     }
     find().context("apt-get download left no .deb")
 }
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s CPU times.
+#[must_use]
+pub fn clock_ticks_per_s() -> f64 {
+    output(Command::new("getconf").arg("CLK_TCK"))
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+/// The user and system CPU time process `pid` has used, in clock ticks
+/// (`/proc/<pid>/stat`); `None` once it is gone.
+#[must_use]
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses, which may hold anything.
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(tick(11)? + tick(12)?)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`field` with its colon, e.g.
+/// `VmRSS:`); `None` once the process is gone.
+#[must_use]
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}

@@ -83,15 +83,13 @@ fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// `VmRSS` and `VmHWM` of `pid`, in MB.
 fn memory_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    #[expect(clippy::cast_precision_loss, reason = "kB")]
     let field = |name: &str| -> anyhow::Result<f64> {
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no such field")?
-            .parse()?;
-        Ok(kb / 1024.0)
+        Ok(
+            crate::util::status_kb(pid, name).with_context(|| format!("no {name} of {pid}"))?
+                as f64
+                / 1024.0,
+        )
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }

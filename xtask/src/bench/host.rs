@@ -17,7 +17,7 @@ use super::{
     },
     types::{BPFTRACE_HOST, ProgramCost, Report, Sizes},
 };
-use crate::util::{output, run};
+use crate::util::{clock_ticks_per_s, cpu_ticks, output, run, status_kb};
 
 pub(super) fn host(exitprof: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let cpuid = sizes.host_cpuid.to_string();
@@ -178,30 +178,14 @@ pub(super) fn tui(exitprof: &Path, seconds: u64) -> anyhow::Result<Value> {
         // The vCPU view: the 1,920 rows are drawn every second.
         run(Command::new("tmux").args(["send-keys", "-t", &session, "3"]))?;
         sleep(Duration::from_secs(2));
-        let ticks = |pid: u32| -> anyhow::Result<u64> {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-        };
+        let ticks = |pid: u32| cpu_ticks(pid).context("exitprof top is gone");
         let before = ticks(pid)?;
         let started = Instant::now();
         sleep(Duration::from_secs(seconds));
         let used = ticks(pid)? - before;
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")?;
-        let hz = output(Command::new("getconf").arg("CLK_TCK"))
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .unwrap_or(100.0);
+        #[expect(clippy::cast_precision_loss, reason = "kB")]
+        let rss_kb = status_kb(pid, "VmRSS:").context("no VmRSS")? as f64;
+        let hz = clock_ticks_per_s();
         #[expect(clippy::cast_precision_loss, reason = "a percentage")]
         let cpu = used as f64 / hz / started.elapsed().as_secs_f64() * 100.0;
         Ok(serde_json::json!({

@@ -54,7 +54,7 @@ use super::{
     pvh,
     scenario::{BootTimes, Scenario, Stalled, sandbox_dir, tail},
 };
-use crate::util::{output, run};
+use crate::util::{clock_ticks_per_s, cpu_ticks, run};
 
 /// The kernel command line (see the module's documentation).
 const CMDLINE: &str =
@@ -141,13 +141,8 @@ usb_uhci: enabled=0
 
 /// CPU seconds `pid` has used.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let hz = output(Command::new("getconf").arg("CLK_TCK"))
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    Some(ticks / hz)
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+    Some(cpu_ticks(pid)? as f64 / clock_ticks_per_s())
 }
 
 /// What the serial reader saw.

@@ -135,6 +135,21 @@ poweroff -f
     )
 }
 
+/// A fresh `target/sandbox/initramfs/<name>` with `/bin/busybox` and
+/// its `applets`, and empty `/dev`, `/proc`, `/sys` and `/tmp`.
+pub(super) fn busybox_tree(name: &str, applets: &[&str]) -> anyhow::Result<PathBuf> {
+    let root = sandbox_dir().join("initramfs").join(name);
+    let _ = fs::remove_dir_all(&root);
+    for dir in ["bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(root)
+}
+
 /// Assembles the initramfs's files for `scenario` in
 /// `target/sandbox/initramfs/<name>` and returns that directory.
 pub fn root(
@@ -143,15 +158,7 @@ pub fn root(
     scenario: &Scenario,
     signatures: Signatures,
 ) -> anyhow::Result<PathBuf> {
-    let root = sandbox_dir().join("initramfs").join(scenario.name);
-    let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(root.join(dir))?;
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
+    let root = busybox_tree(scenario.name, APPLETS)?;
     add_binary(&root, exitprof, "/bin/exitprof")?;
     for (from, to) in scenario.extra {
         add_binary(&root, Path::new(from), to)?;

@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Kernel, add_binary, initramfs::pack, scenario::sandbox_dir};
+use super::{
+    Kernel, add_binary,
+    initramfs::{busybox_tree, pack},
+    scenario::sandbox_dir,
+};
 
 /// QEMU's firmware for `-kernel` boots: (host path, name under `-L`).
 const FIRMWARE: &[(&str, &str)] = &[
@@ -33,15 +37,7 @@ const APPLETS: &[&str] = &[
 /// # Errors
 /// When busybox is missing or packing fails.
 pub fn initramfs(name: &str, init: &str, binaries: &[(&Path, &str)]) -> anyhow::Result<PathBuf> {
-    let root = sandbox_dir().join("initramfs").join(name);
-    let _ = fs::remove_dir_all(&root);
-    for dir in ["bin", "dev", "proc", "sys", "tmp"] {
-        fs::create_dir_all(root.join(dir))?;
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is missing")?;
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
+    let root = busybox_tree(name, APPLETS)?;
     for (from, to) in binaries {
         add_binary(&root, from, to)?;
     }

@@ -33,7 +33,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::util::{build_release, output, workspace_root};
+use crate::util::{build_release, workspace_root};
 use churn::{CPUID, KEYS, LIVED, MMIO, PIO};
 use sample::Sample;
 
@@ -179,9 +179,7 @@ pub fn run(exitprof: &Path, plan: &Plan) -> anyhow::Result<()> {
     );
     wait_for(&stat_ready, "exitprof stat")?;
     let pids = [("top", top.0.id()), ("stat", stat.0.id())];
-    let hz = output(Command::new("getconf").arg("CLK_TCK"))
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
+    let hz = crate::util::clock_ticks_per_s();
     let started = Instant::now();
     let (mut samples, stat_status) = sample_until_done(&pids, &mut stat, plan, started)?;
     ensure!(

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fs, process::Command};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::util::output;
+use crate::util::{cpu_ticks, output, status_kb};
 
 /// One process's figures.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -41,21 +41,8 @@ const HASH_TYPES: &[&str] = &["hash", "lru_hash", "percpu_hash", "lru_percpu_has
 
 /// `pid`'s figures; `None` once it is gone.
 pub fn process(pid: u32) -> Option<ProcessSample> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    let cpu_ticks = tick(11)? + tick(12)?;
+    let rss_kb = status_kb(pid, "VmRSS:")?;
+    let cpu_ticks = cpu_ticks(pid)?;
     let mut maps = BTreeMap::new();
     for id in map_ids(pid) {
         let Some(info) = output(
