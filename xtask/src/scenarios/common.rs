@@ -10,9 +10,12 @@ use crate::sandbox::{Results, Vendor};
 /// Counts of `name count` pairs, for comparisons.
 pub type Counts = BTreeMap<String, u64>;
 
-/// The SVM exit codes of CPUID and port I/O (the sandbox is AMD).
+/// The SVM exit codes of CPUID and port I/O (the QEMU sandbox is AMD).
 pub const SVM_CPUID: u32 = 0x72;
 pub const SVM_IOIO: u32 = 0x7b;
+/// The VMX basic exit reasons of CPUID and port I/O (the Bochs sandbox).
+pub const VMX_CPUID: u32 = 10;
+pub const VMX_IO_INSTRUCTION: u32 = 30;
 
 /// CPUIDs of the vmexit scenario's workload.
 pub const CPUIDS: u64 = 5000;
@@ -108,6 +111,8 @@ pub fn exit_counts_by_vcpu(snapshot: &Value) -> (CountsBy, Vec<u64>) {
 pub struct Expect {
     /// CPUID's exit reason and its name.
     pub cpuid: (u32, &'static str),
+    /// The exit reason of port I/O (`in`/`out`).
+    pub io: u32,
     /// The exit of a nested-paging fault (none under shadow paging).
     pub nested_fault: &'static str,
     /// Exits of the workload's 200 paging rounds (a CR3 read and write and
@@ -128,6 +133,7 @@ pub const fn expect(vendor: Vendor) -> Expect {
     match vendor {
         Vendor::Svm => Expect {
             cpuid: (SVM_CPUID, "cpuid"),
+            io: SVM_IOIO,
             nested_fault: "npf",
             shadow: &[("write_cr3", 200), ("invlpg", 200), ("read_cr3", 200)],
             shadow_fault: "PF excp",
@@ -136,7 +142,8 @@ pub const fn expect(vendor: Vendor) -> Expect {
         // VMX has one exit for every control-register access: the 200 CR3
         // reads and 200 CR3 writes are CR_ACCESS.
         Vendor::Vmx => Expect {
-            cpuid: (10, "CPUID"),
+            cpuid: (VMX_CPUID, "CPUID"),
+            io: VMX_IO_INSTRUCTION,
             nested_fault: "EPT_VIOLATION",
             shadow: &[("CR_ACCESS", 400), ("INVLPG", 200)],
             shadow_fault: "EXCEPTION_NMI",

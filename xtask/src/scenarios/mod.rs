@@ -65,7 +65,7 @@ pub fn run_all(
     }
     for line in crate::sandbox::KernelLine::ALL {
         scenarios.push((
-            format!("guest-cpuid-mirror-{}", line.name()),
+            format!("{}-{}", mirror::NAME, line.name()),
             Box::new(move || mirror::guest_cpuid_mirror(line, exitprof)),
         ));
     }
