@@ -1,13 +1,17 @@
-//! The VMX sandbox's scenarios: `vmexit-ground-truth` and
-//! `record-ept-both` (the same scripts and checks as on SVM, with VMX's
-//! reason names) in one boot of Bochs, each in its own section of the
-//! results.
+//! The VMX sandbox's scenarios: `vmexit-ground-truth`, `record-ept-both`
+//! and `guest-cpuid-mirror` (the same scripts and checks as on SVM, with
+//! VMX's reason names and codes) in one boot of Bochs with the patched
+//! kvm/kvm-intel modules of `cargo xtask kernel`, each in its own section
+//! of the results.
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
 
-use super::{record, vmexit};
-use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario, sections};
+use super::{mirror, record, vmexit};
+use crate::{
+    kernel,
+    sandbox::{Kernel, Results, Scenario, Vendor, run_scenario, sections},
+};
 
 /// The longest the boot may take before it counts as stalled: about 4
 /// minutes of wall time on a quiet 2-core machine, and these machines are
@@ -21,7 +25,7 @@ struct Part {
     check: fn(Vendor, &Results) -> anyhow::Result<()>,
 }
 
-const PARTS: [Part; 2] = [
+const PARTS: [Part; 3] = [
     Part {
         name: vmexit::NAME,
         script: vmexit::script,
@@ -31,6 +35,13 @@ const PARTS: [Part; 2] = [
         name: record::NAME,
         script: record::script,
         check: record::check,
+    },
+    // After record's reloads of kvm_intel: the mirror comes up again with
+    // the reloaded module.
+    Part {
+        name: mirror::NAME,
+        script: mirror::script,
+        check: mirror::check,
     },
 ];
 
@@ -58,6 +69,9 @@ pub(super) fn run_all(
             .map(|(name, s)| (*name, s.as_str()))
             .collect::<Vec<_>>(),
     );
+    // The patched modules for every part: the mirror needs them, and the
+    // other parts show that they change nothing else.
+    let modules = kernel::build(kernel)?;
     let results = run_scenario(
         kernel,
         exitprof,
@@ -67,7 +81,7 @@ pub(super) fn run_all(
             script: &script,
             nested_paging: true,
             timeout: TIMEOUT,
-            modules: None,
+            modules: Some(&modules),
             extra: &[],
             cpus: 1,
         },

@@ -30,7 +30,7 @@ use plan::{args, cpuid, host_queries, inactive_queries, plan};
 
 use crate::{
     kernel,
-    sandbox::{self, KernelLine, Scenario, Vendor, run_scenario},
+    sandbox::{self, KernelLine, Results, Scenario, Vendor, run_scenario},
 };
 
 /// The scenario's name: its section of the VMX boot. On SVM each kernel
@@ -70,6 +70,11 @@ pub fn guest_cpuid_mirror(line: KernelLine, exitprof: &Path) -> anyhow::Result<(
         },
     )?;
     check::check_as(Vendor::Svm, &name, &results, real_guest)
+}
+
+/// The scenario's script on `vendor` (the VMX boot's section).
+pub(super) fn script(vendor: Vendor) -> String {
+    script_with(vendor, false)
 }
 
 /// The script, with the real-guest part (SVM on 6.1) if `real_guest`.
@@ -134,6 +139,12 @@ echo "@@EXITPROF killed_vm $(cat /tmp/k.out)"
         host = args(&host_queries(&p)),
         discovery = cpuid("discovery", LEAF_DISCOVERY, 0).arg,
     )
+}
+
+/// The checks of what [`script`] printed on `vendor` (the VMX boot's
+/// section).
+pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
+    check::check_as(vendor, NAME, results, false)
 }
 
 #[cfg(test)]

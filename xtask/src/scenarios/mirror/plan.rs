@@ -35,8 +35,11 @@ pub(super) struct Plan {
 /// `svm_exit_handlers` has no entry for) and `read_cr1` (0x01, not in
 /// `SVM_EXIT_REASONS`). VMX: `RDTSC` (16: in `VMX_EXIT_REASONS`, but KVM
 /// never intercepts it, so `kvm_vmx_exit_handlers` has no entry) and 35
-/// (reserved by the SDM, not in `VMX_EXIT_REASONS`). Bochs runs the guest
-/// about 20 times slower than QEMU's TCG: its VMs do a tenth of the work.
+/// (reserved by the SDM, not in `VMX_EXIT_REASONS`). On VMX the VMs make
+/// a tenth of SVM's CPUIDs, since Bochs is the costly sandbox (the section
+/// took 27.4 s, 26.3 s of Bochs's CPU, of a 117.4 s boot), and A pauses
+/// 1.5 s between rounds so that B, started 0.5 s after A, runs inside A's
+/// run (A took 3.07 s there, B 21 ms).
 pub(super) fn plan(vendor: Vendor) -> Plan {
     let e = expect(vendor);
     let (cpuid, io) = (e.cpuid.0, e.io);
