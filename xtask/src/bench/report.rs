@@ -335,8 +335,9 @@ fn render_exporter(out: &mut String, e: &serde_json::Value) {
     }
 }
 
-/// The smoke run must have measured everything (its numbers are too small
-/// to judge the targets).
+/// The smoke run must have measured everything it runs (all but the VMX
+/// sandbox's micro-storms; its numbers are too small to judge the
+/// targets).
 pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
     let want_cost = [
         ("host", "exitprof-raw", "kvm_cpuid_raw"),
@@ -347,16 +348,10 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
         ("sandbox", "exitprof-classic", "kvm_exit"),
         ("sandbox", "bpftrace", "kvm_exit"),
         ("sandbox", "bpftrace", "kvm_entry"),
-        ("vmx", "exitprof-raw", "kvm_exit_raw"),
-        ("vmx", "exitprof-raw", "kvm_entry_raw"),
-        ("vmx", "exitprof-classic", "kvm_exit"),
-        ("vmx", "bpftrace", "kvm_exit"),
-        ("vmx", "bpftrace", "kvm_entry"),
     ];
     for (scope, tracer, program) in want_cost {
         let costs = match scope {
             "host" => &r.host_cost,
-            "vmx" => &r.vmx_cost,
             _ => &r.sandbox_cost,
         };
         ensure!(
@@ -378,15 +373,9 @@ pub(super) fn check_smoke(r: &Report) -> anyhow::Result<()> {
         r.sandbox_slowdown
     );
     ensure!(
-        r.vmx_slowdown.len() == 8,
-        "smoke: vmx slowdowns {:?}",
-        r.vmx_slowdown
-    );
-    ensure!(
         r.host_slowdown
             .iter()
             .chain(&r.sandbox_slowdown)
-            .chain(&r.vmx_slowdown)
             .all(|s| s.min_ms > 0.0 && s.ratio.is_finite()),
         "smoke: a workload took no time"
     );
