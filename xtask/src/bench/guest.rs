@@ -63,7 +63,7 @@ pub(super) fn guest_bench(
             timeout: Duration::from_secs(sizes.guest_timeout_s),
             modules: None,
             extra: &extra,
-            cpus: 1,
+            cpus: sizes.guest_sandbox_cpus,
         },
         MEMORY_MB,
     )?;

@@ -84,6 +84,13 @@ pub(super) struct Sizes {
     pub(super) guest_timeout_s: u64,
     /// Longest one guest run may take before it counts as hung.
     pub(super) guest_run_timeout_s: u64,
+    /// vCPUs of the sandbox the real guest runs in. The full run uses two:
+    /// with one, its sandbox twice stopped running at all minutes into
+    /// the run (QEMU at 0% CPU: L1's timers no longer fired). The smoke
+    /// run's short guest has passed every time with one, and with two the
+    /// full run's last attach check once met a soft lockup of both L1
+    /// vCPUs (QEMU's vCPU thread and exitprof attaching) under TCG.
+    pub(super) guest_sandbox_cpus: u8,
 }
 
 /// The workloads of one nested sandbox.
@@ -126,6 +133,7 @@ pub(super) const FULL: Sizes = Sizes {
     guest_tracers: TRACERS,
     guest_timeout_s: 5400,
     guest_run_timeout_s: 400,
+    guest_sandbox_cpus: 2,
 };
 
 pub(super) const SMOKE: Sizes = Sizes {
@@ -158,6 +166,7 @@ pub(super) const SMOKE: Sizes = Sizes {
     guest_tracers: &["none", "exitprof-raw", "kvm_stat"],
     guest_timeout_s: 600,
     guest_run_timeout_s: 150,
+    guest_sandbox_cpus: 1,
 };
 
 /// The bpftrace equivalent of exitprof's handler path on the host: count
