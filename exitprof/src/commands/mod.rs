@@ -14,7 +14,29 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::model::Symbols;
+use crate::{
+    bpf::{AttachMode, InFlightMode, MirrorChoice},
+    model::Symbols,
+};
+
+/// How the KVM programs attach, and what patched guests read: the options
+/// `stat`, `top` and `serve` share.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct KvmArgs {
+    /// Attach the KVM programs as raw tracepoints (offsets from BTF), as
+    /// classic tracepoints (offsets from tracefs), or raw where possible.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// Where vCPU threads' exits in flight are kept: task storage (Linux
+    /// 5.12+, the default where possible) or hash maps by thread id.
+    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
+    pub in_flight: InFlightMode,
+    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
+    /// exits (vm), every guest the whole host's (host: every tenant's
+    /// activity, only where guests may see it), or no mirror (off).
+    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
+    pub guest_mirror: MirrorChoice,
+}
 
 /// The guest symbols of `--guest-symbols FILE` (a `System.map` or a copy
 /// of the guest's `/proc/kallsyms`).

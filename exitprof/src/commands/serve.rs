@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    bpf::{AttachMode, Filter, InFlightMode, LoadError, MirrorChoice, Options, Profiler},
+    bpf::{Filter, LoadError, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     http::{self, Counters, Limits, Request, Response},
@@ -66,16 +66,9 @@ pub struct ServeArgs {
     /// Connections served at once; more are closed at once.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: u16,
-    /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
-    /// Where vCPU threads' exits in flight are kept (see `stat --help`).
-    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
-    pub in_flight: InFlightMode,
-    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
-    /// exits (vm), every guest the whole host's (host), or no mirror (off).
-    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
-    pub guest_mirror: MirrorChoice,
+    /// `--attach`, `--in-flight`, `--guest-mirror`.
+    #[command(flatten)]
+    pub kvm: super::KvmArgs,
     /// Also export each eBPF program's runs and time (kernel BPF
     /// statistics, which add two clock reads to every program run).
     #[arg(long)]
@@ -139,10 +132,10 @@ pub fn main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         breakdown: true,
         map_entries: None,
         cost: args.cost,
-        attach: args.attach,
-        in_flight: args.in_flight,
+        attach: args.kvm.attach,
+        in_flight: args.kvm.in_flight,
         sites: false,
-        mirror: args.guest_mirror,
+        mirror: args.kvm.guest_mirror,
     })?;
     let synthetic: Vec<u32> = (0..args.load_test_vms.unwrap_or(0))
         .map(|i| SYNTHETIC_PID + i)

@@ -3,7 +3,6 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
-    bpf::{AttachMode, InFlightMode, MirrorChoice},
     cli::{parse_duration, parse_live_pid},
     host::{procfs, vmname},
     present::table,
@@ -52,24 +51,14 @@ pub struct StatArgs {
     /// the kernel's BPF statistics (adds a little to every program run).
     #[arg(long)]
     pub cost: bool,
-    /// Attach the KVM programs as raw tracepoints (offsets from BTF), as
-    /// classic tracepoints (offsets from tracefs), or raw where possible.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
+    /// `--attach`, `--in-flight`, `--guest-mirror`.
+    #[command(flatten)]
+    pub kvm: super::KvmArgs,
     /// Write exitprof's pid to this file once every program is attached
     /// (it appears at once, by rename), and remove it once detached: a
     /// script waits for it before starting what it measures.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
-    /// Where vCPU threads' exits in flight are kept: task storage (Linux
-    /// 5.12+, the default where possible) or hash maps by thread id.
-    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
-    pub in_flight: InFlightMode,
-    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
-    /// exits (vm), every guest the whole host's (host: every tenant's
-    /// activity, only where guests may see it), or no mirror (off).
-    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
-    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP and list the top sites per reason
     /// (costs one more map update per exit; see BENCHMARKS.md).
     #[arg(long)]
@@ -109,10 +98,10 @@ pub fn main(args: &StatArgs) -> anyhow::Result<ExitCode> {
         breakdown: args.by_vcpu,
         map_entries: args.map_entries,
         cost: args.cost,
-        attach: args.attach,
-        mirror: args.guest_mirror,
+        attach: args.kvm.attach,
+        mirror: args.kvm.guest_mirror,
         interval: None,
-        in_flight: args.in_flight,
+        in_flight: args.kvm.in_flight,
         ready_file: args.ready_file.as_deref(),
         sites: args.sites || symbols.is_some(),
     })?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    bpf::{AttachMode, Filter, InFlightMode, MirrorChoice, Options, Profiler},
+    bpf::{Filter, Options, Profiler},
     cli::{parse_duration, parse_live_pid},
     host::{paging, procfs, vmname},
     model::{Snapshot, Symbols},
@@ -42,21 +42,13 @@ pub struct TopArgs {
     /// Print one JSON snapshot per interval (counts of that interval).
     #[arg(long, conflicts_with = "once")]
     pub json: bool,
-    /// Raw or classic tracepoints for the KVM programs (see `stat --help`).
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
+    /// `--attach`, `--in-flight`, `--guest-mirror`.
+    #[command(flatten)]
+    pub kvm: super::KvmArgs,
     /// Write exitprof's pid to this file once every program is attached,
     /// and remove it once detached (see `stat --help`).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
-    /// Where vCPU threads' exits in flight are kept (see `stat`).
-    #[arg(long, value_enum, default_value_t = InFlightMode::Auto, hide = true)]
-    pub in_flight: InFlightMode,
-    /// With a KVM carrying exitprof's patch: each guest reads its own VM's
-    /// exits (vm), every guest the whole host's (host: every tenant's
-    /// activity, only where guests may see it), or no mirror (off).
-    #[arg(long, value_enum, default_value_t = MirrorChoice::Vm, value_name = "SCOPE")]
-    pub guest_mirror: MirrorChoice,
     /// Also count exits per guest RIP (view 5; costs one more map update
     /// per exit, see BENCHMARKS.md).
     #[arg(long)]
@@ -94,9 +86,9 @@ pub fn main(args: &TopArgs) -> anyhow::Result<ExitCode> {
         breakdown: true,
         map_entries: None,
         cost: false,
-        attach: args.attach,
-        in_flight: args.in_flight,
-        mirror: args.guest_mirror,
+        attach: args.kvm.attach,
+        in_flight: args.kvm.in_flight,
+        mirror: args.kvm.guest_mirror,
         sites: args.sites || symbols.is_some(),
     })?;
     let _ready = ReadyFile::announce(args.ready_file.as_deref())?;
