@@ -1,11 +1,11 @@
 //! What the scenarios share: ftrace's ground truth and exitprof's
 //! snapshots as counts by reason name.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use crate::sandbox::{Results, Vendor};
+use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
 
 /// Counts of `name count` pairs, for comparisons.
 pub type Counts = BTreeMap<String, u64>;
@@ -19,6 +19,36 @@ pub const VMX_IO_INSTRUCTION: u32 = 30;
 
 /// CPUIDs of the vmexit scenario's workload.
 pub const CPUIDS: u64 = 5000;
+
+/// A scenario written once for both vendors: its name, its script and
+/// the checks of what it printed. The SVM sandbox boots once for each;
+/// the VMX sandbox runs them as sections of one boot (`vmx.rs`).
+pub struct Part {
+    pub name: &'static str,
+    pub script: fn(Vendor) -> String,
+    pub check: fn(Vendor, &Results) -> anyhow::Result<()>,
+}
+
+impl Part {
+    /// Its own boot of the SVM sandbox.
+    pub fn boot_svm(&self, kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
+        let results = run_scenario(
+            kernel,
+            exitprof,
+            &Scenario {
+                name: self.name,
+                vendor: Vendor::Svm,
+                script: &(self.script)(Vendor::Svm),
+                nested_paging: true,
+                timeout: Duration::from_mins(4),
+                modules: None,
+                extra: &[],
+                cpus: 2,
+            },
+        )?;
+        (self.check)(Vendor::Svm, &results)
+    }
+}
 
 /// What ftrace's counts are keyed by, besides the reason.
 #[derive(Clone, Copy)]

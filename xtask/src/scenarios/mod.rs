@@ -37,16 +37,16 @@ pub fn run_all(
     }
     let mut scenarios: Vec<(String, Run)> = vec![
         (
-            vmexit::NAME.to_owned(),
-            Box::new(|| vmexit::vmexit_ground_truth(kernel, exitprof)),
+            vmexit::PART.name.to_owned(),
+            Box::new(|| vmexit::PART.boot_svm(kernel, exitprof)),
         ),
         (
             "qemu-guest-sites".to_owned(),
             Box::new(|| qemu_guest::qemu_guest_sites(kernel, exitprof)),
         ),
         (
-            record::NAME.to_owned(),
-            Box::new(|| record::record_ept_both(kernel, exitprof)),
+            record::PART.name.to_owned(),
+            Box::new(|| record::PART.boot_svm(kernel, exitprof)),
         ),
         (
             "module-reload".to_owned(),

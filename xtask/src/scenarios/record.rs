@@ -1,33 +1,19 @@
 //! The `record-ept-both` scenario: `exitprof record --ept both` under
 //! nested and shadow paging, checked against ftrace per run.
-use std::{path::Path, time::Duration};
-
 use anyhow::{Context as _, ensure};
 
-use super::common::{By, exit_counts, expect, ftrace_counts, ftrace_counts_script, snapshot};
-use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
+use super::{
+    common::Part,
+    common::{By, exit_counts, expect, ftrace_counts, ftrace_counts_script, snapshot},
+};
+use crate::sandbox::{Results, Vendor};
 
-/// The scenario's name (and its section in a shared boot).
-pub(super) const NAME: &str = "record-ept-both";
-
-/// The SVM sandbox's boot of the scenario.
-pub(super) fn record_ept_both(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let results = run_scenario(
-        kernel,
-        exitprof,
-        &Scenario {
-            name: NAME,
-            vendor: Vendor::Svm,
-            script: &script(Vendor::Svm),
-            nested_paging: true,
-            timeout: Duration::from_mins(4),
-            modules: None,
-            extra: &[],
-            cpus: 2,
-        },
-    )?;
-    check(Vendor::Svm, &results)
-}
+/// The scenario (its name is also its section in a shared boot).
+pub(super) const PART: Part = Part {
+    name: "record-ept-both",
+    script,
+    check,
+};
 
 /// `exitprof record --ept both` with the built-in workload, with ftrace
 /// recording `kvm_exit` alongside; the report and its chart; then a record
@@ -150,8 +136,8 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
     );
     check_svg(vendor, &results.all("svg").join("\n"))?;
     println!(
-        "[e2e] {vendor} {NAME}: PASS ({} only with nested paging, counts equal ftrace per run, {param} restored also after SIGTERM)",
-        expect.nested_fault
+        "[e2e] {vendor} {}: PASS ({} only with nested paging, counts equal ftrace per run, {param} restored also after SIGTERM)",
+        PART.name, expect.nested_fault
     );
     Ok(())
 }

@@ -3,38 +3,24 @@
 //! and the exit sites (`--sites`) of the workload's CPUID loop: one guest
 //! RIP with exactly the workload's count, the same in both modes; and, on
 //! SVM, `exitprof serve`'s per-VM counts against ftrace too (`serve.rs`).
-use std::{path::Path, time::Duration};
-
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use super::common::{
-    By, CPUIDS, CountsBy, exit_counts, exit_counts_by_vcpu, expect, ftrace_counts,
-    ftrace_counts_script, snapshot, total,
+use super::{
+    common::Part,
+    common::{
+        By, CPUIDS, CountsBy, exit_counts, exit_counts_by_vcpu, expect, ftrace_counts,
+        ftrace_counts_script, snapshot, total,
+    },
 };
-use crate::sandbox::{Kernel, Results, Scenario, Vendor, run_scenario};
+use crate::sandbox::{Results, Vendor};
 
-/// The scenario's name (and its section in a shared boot).
-pub(super) const NAME: &str = "vmexit-ground-truth";
-
-/// The SVM sandbox's boot of the scenario.
-pub(super) fn vmexit_ground_truth(kernel: &Kernel, exitprof: &Path) -> anyhow::Result<()> {
-    let results = run_scenario(
-        kernel,
-        exitprof,
-        &Scenario {
-            name: NAME,
-            vendor: Vendor::Svm,
-            script: &script(Vendor::Svm),
-            nested_paging: true,
-            timeout: Duration::from_mins(4),
-            modules: None,
-            extra: &[],
-            cpus: 2,
-        },
-    )?;
-    check(Vendor::Svm, &results)
-}
+/// The scenario (its name is also its section in a shared boot).
+pub(super) const PART: Part = Part {
+    name: "vmexit-ground-truth",
+    script,
+    check,
+};
 
 /// `exitprof stat --by-vcpu -- exitprof vm --cpuid 5000` against ftrace's
 /// own count of `kvm_exit` by vCPU and reason, in the same boot and the
@@ -258,7 +244,8 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         "[e2e] exit sites: the CPUID loop is one site, {classic_rip:#x}, with exactly {CPUIDS} exits ({modes}), and 1000 in the text table"
     );
     println!(
-        "[e2e] {vendor} {NAME}: PASS ({name} exactly {CPUIDS}, every reason and vCPU equal to ftrace, in raw and in classic mode; one {name} site with {CPUIDS})"
+        "[e2e] {vendor} {}: PASS ({name} exactly {CPUIDS}, every reason and vCPU equal to ftrace, in raw and in classic mode; one {name} site with {CPUIDS})",
+        PART.name
     );
     Ok(())
 }

@@ -7,10 +7,10 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
 
-use super::{mirror, record, vmexit};
+use super::{common::Part, mirror, record, vmexit};
 use crate::{
     kernel,
-    sandbox::{Kernel, Results, Scenario, Vendor, run_scenario, sections},
+    sandbox::{Kernel, Scenario, Vendor, run_scenario, sections},
 };
 
 /// The longest the boot may take before it counts as stalled: about 4
@@ -18,31 +18,12 @@ use crate::{
 /// shared.
 const TIMEOUT: Duration = Duration::from_mins(20);
 
-/// A scenario of the shared boot: its name, script and checks.
-struct Part {
-    name: &'static str,
-    script: fn(Vendor) -> String,
-    check: fn(Vendor, &Results) -> anyhow::Result<()>,
-}
-
 const PARTS: [Part; 3] = [
-    Part {
-        name: vmexit::NAME,
-        script: vmexit::script,
-        check: vmexit::check,
-    },
-    Part {
-        name: record::NAME,
-        script: record::script,
-        check: record::check,
-    },
+    vmexit::PART,
+    record::PART,
     // After record's reloads of kvm_intel: the mirror comes up again with
     // the reloaded module.
-    Part {
-        name: mirror::NAME,
-        script: mirror::script,
-        check: mirror::check,
-    },
+    mirror::PART,
 ];
 
 /// Runs the wanted scenarios in one boot; returns how many passed.

@@ -31,11 +31,20 @@ use plan::{args, cpuid, host_queries, inactive_queries, plan};
 use crate::{
     kernel,
     sandbox::{self, KernelLine, Results, Scenario, Vendor, run_scenario},
+    scenarios::common::Part,
 };
 
 /// The scenario's name: its section of the VMX boot. On SVM each kernel
 /// line boots it on its own, as `guest-cpuid-mirror-<line>`.
 pub(super) const NAME: &str = "guest-cpuid-mirror";
+
+/// Its section of the VMX boot (on SVM it boots per kernel line, with the
+/// real L2 guest on 6.1: [`guest_cpuid_mirror`]).
+pub(super) const PART: Part = Part {
+    name: NAME,
+    script,
+    check,
+};
 
 /// The SVM sandbox's boot of the scenario on kernel `line` with its
 /// patched modules.
