@@ -279,14 +279,7 @@ pub fn boot(
             ));
         }
         if started.elapsed() > scenario.timeout {
-            break Err(Stalled(format!(
-                "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
-                scenario.name,
-                scenario.timeout,
-                log.display(),
-                tail(log)
-            ))
-            .into());
+            break Err(Stalled::timed_out(scenario, log));
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -52,14 +52,7 @@ pub fn boot(
         if started.elapsed() > scenario.timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Stalled(format!(
-                "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
-                scenario.name,
-                scenario.timeout,
-                log.display(),
-                tail(log)
-            ))
-            .into());
+            return Err(Stalled::timed_out(scenario, log));
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -135,6 +135,20 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
+impl Stalled {
+    /// `scenario` ran past its timeout; `log` is its serial console.
+    pub fn timed_out(scenario: &Scenario, log: &Path) -> anyhow::Error {
+        Self(format!(
+            "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
+            scenario.name,
+            scenario.timeout,
+            log.display(),
+            tail(log)
+        ))
+        .into()
+    }
+}
+
 /// The last lines of a log, for error messages.
 pub fn tail(log: &Path) -> String {
     let text = fs::read(log).unwrap_or_default();
