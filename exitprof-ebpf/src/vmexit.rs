@@ -116,14 +116,15 @@ fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u3
         // SAFETY: per-CPU slot of this CPU.
         unsafe { (*stats).count += 1 };
     }
-    let tgid = || match record {
+    // Once: without a record (no room for one) it is a helper call.
+    let tgid = match record {
         // SAFETY: the current thread's record.
         Some(r) => unsafe { (*r).tgid },
         None => current().0,
     };
     if config!(breakdown) != 0 {
         let key = BreakdownKey {
-            pid: tgid(),
+            pid: tgid,
             vcpu,
             slot,
             _pad: 0,
@@ -139,10 +140,10 @@ fn count_exit(record: Option<*mut TaskInFlight>, isa: u32, reason: u32, vcpu: u3
             unsafe { (*stats).count += 1 };
         }
     }
-    crate::mirror::exit(tgid(), isa, reason);
+    crate::mirror::exit(tgid, isa, reason);
     if config!(sites) != 0 {
         let key = SiteKey {
-            pid: tgid(),
+            pid: tgid,
             slot,
             rip,
         };
