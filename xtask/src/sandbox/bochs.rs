@@ -52,7 +52,7 @@ use super::{
     debian::Kernel,
     initramfs::{self, Signatures},
     pvh,
-    scenario::{BootTimes, Scenario, Stalled, sandbox_dir, tail},
+    scenario::{BootTimes, Scenario, Watchdog, sandbox_dir, tail},
 };
 use crate::util::{clock_ticks_per_s, cpu_ticks, run};
 
@@ -260,6 +260,7 @@ pub fn boot(
         let (state, log, pid) = (Arc::clone(&state), log.to_owned(), emulator.0.id());
         std::thread::spawn(move || read_serial(stream, &log, &state, started, pid))
     };
+    let mut watchdog = Watchdog::new(scenario, log, emulator.0.id(), started);
     let result = loop {
         if state.lock().expect("not poisoned").ended {
             break Ok(());
@@ -278,8 +279,8 @@ pub fn boot(
                 tail(&bochs_log)
             ));
         }
-        if started.elapsed() > scenario.timeout {
-            break Err(Stalled::timed_out(scenario, log));
+        if let Err(stalled) = watchdog.check() {
+            break Err(stalled);
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -12,7 +12,7 @@ use anyhow::{Context as _, ensure};
 use super::{
     debian::Kernel,
     initramfs::{self, Signatures},
-    scenario::{BootTimes, Scenario, Stalled, sandbox_dir, tail},
+    scenario::{BootTimes, Scenario, Watchdog, sandbox_dir, tail},
 };
 
 /// Boots `scenario`; the serial console goes to `log`.
@@ -45,14 +45,15 @@ pub fn boot(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {cmd:?}"))?;
+    let mut watchdog = Watchdog::new(scenario, log, child.id(), started);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if started.elapsed() > scenario.timeout {
+        if let Err(stalled) = watchdog.check() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Stalled::timed_out(scenario, log));
+            return Err(stalled);
         }
         std::thread::sleep(Duration::from_millis(100));
     };

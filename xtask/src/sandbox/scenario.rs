@@ -2,11 +2,12 @@
 //! share: the place of their files and the error of a boot that stalled.
 use std::{
     fs,
+    io::{Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::util::workspace_root;
+use crate::util::{clock_ticks_per_s, cpu_ticks, workspace_root};
 
 /// Which hardware virtualization the nested sandbox emulates (and so
 /// which KVM vendor module runs in it).
@@ -135,18 +136,120 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-impl Stalled {
-    /// `scenario` ran past its timeout; `log` is its serial console.
-    pub fn timed_out(scenario: &Scenario, log: &Path) -> anyhow::Error {
-        Self(format!(
-            "{}: the sandbox did not finish within {:?}; serial log {}:\n{}",
-            scenario.name,
-            scenario.timeout,
-            log.display(),
-            tail(log)
+/// How long a boot may sit idle before it counts as stalled: its emulator
+/// used less than [`IDLE_CPU_SHARE`] of a core and its serial console
+/// grew by nothing. Every script keeps the sandbox busy or prints within
+/// seconds. A frozen sandbox (seen a few times under QEMU TCG: every vCPU
+/// halted, waiting for an interrupt that never came) stays at 0% for good,
+/// and used to hold its scenario until the timeout, up to 15 minutes.
+pub const IDLE_LIMIT: Duration = Duration::from_mins(1);
+
+/// The emulator's CPU share below which a silent sandbox is idle (an idle
+/// QEMU TCG guest with a tickless kernel uses well under this).
+pub const IDLE_CPU_SHARE: f64 = 0.02;
+
+/// Watches one boot's emulator for the two ways a sandbox stops making
+/// progress: running past the scenario's timeout, and idling for
+/// [`IDLE_LIMIT`]. The caller kills the emulator when [`Self::check`]
+/// fails.
+pub struct Watchdog<'a> {
+    scenario: &'a Scenario<'a>,
+    log: &'a Path,
+    pid: u32,
+    started: Instant,
+    /// When progress was last seen, with the emulator's CPU ticks and the
+    /// serial log's length then.
+    since: Instant,
+    ticks: u64,
+    log_len: u64,
+    idle_limit: Duration,
+}
+
+impl<'a> Watchdog<'a> {
+    /// Starts watching emulator `pid`, started at `started`.
+    #[must_use]
+    pub fn new(scenario: &'a Scenario<'a>, log: &'a Path, pid: u32, started: Instant) -> Self {
+        Self {
+            scenario,
+            log,
+            pid,
+            started,
+            since: Instant::now(),
+            ticks: cpu_ticks(pid).unwrap_or(0),
+            log_len: len(log),
+            idle_limit: IDLE_LIMIT,
+        }
+    }
+
+    /// Checks progress now.
+    ///
+    /// # Errors
+    /// [`Stalled`] when the boot is past its timeout or idle.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if self.started.elapsed() > self.scenario.timeout {
+            return Err(self.stalled(format!(
+                "the sandbox did not finish within {:?}",
+                self.scenario.timeout
+            )));
+        }
+        let log_len = len(self.log);
+        let ticks = cpu_ticks(self.pid).unwrap_or(self.ticks);
+        let idle_for = self.since.elapsed();
+        #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+        let cpu_s = ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_s();
+        let busy = cpu_s > IDLE_CPU_SHARE * idle_for.as_secs_f64();
+        if log_len != self.log_len && self.soft_lockup(log_len) {
+            return Err(self.stalled(
+                "the sandbox's kernel reported a soft lockup (a CPU stuck in the kernel for over 20 s)".to_owned(),
+            ));
+        }
+        if log_len != self.log_len || (idle_for >= self.idle_limit && busy) {
+            self.since = Instant::now();
+            self.ticks = ticks;
+            self.log_len = log_len;
+        } else if idle_for >= self.idle_limit {
+            return Err(self.stalled(format!(
+                "the sandbox idled for {:.0} s ({cpu_s:.2} s of emulator CPU, no console output): frozen",
+                idle_for.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the serial log's new part, from the last check to
+    /// `log_len`, holds the kernel's soft lockup report. A stuck sandbox
+    /// stays at full CPU, so only this tells it early (seen once: two
+    /// vCPUs of a 2-vCPU QEMU TCG sandbox stuck for good while a BPF
+    /// program was attached).
+    fn soft_lockup(&self, log_len: u64) -> bool {
+        const NEEDLE: &[u8] = b"BUG: soft lockup";
+        let Ok(mut file) = fs::File::open(self.log) else {
+            return false;
+        };
+        // From a little before the new part: the report may straddle it.
+        let from = self.log_len.saturating_sub(NEEDLE.len() as u64);
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(from)).is_err()
+            || file.take(log_len - from).read_to_end(&mut new).is_err()
+        {
+            return false;
+        }
+        new.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    }
+
+    fn stalled(&self, why: String) -> anyhow::Error {
+        Stalled(format!(
+            "{}: {why}; serial log {}:\n{}",
+            self.scenario.name,
+            self.log.display(),
+            tail(self.log)
         ))
         .into()
     }
+}
+
+fn len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// The last lines of a log, for error messages.
@@ -155,4 +258,174 @@ pub fn tail(log: &Path) -> String {
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        process::{Child, Command},
+    };
+
+    use super::*;
+
+    fn scenario(timeout: Duration) -> Scenario<'static> {
+        Scenario {
+            name: "watchdog-test",
+            vendor: Vendor::Svm,
+            script: "",
+            nested_paging: true,
+            timeout,
+            modules: None,
+            extra: &[],
+            cpus: 1,
+        }
+    }
+
+    /// A fresh serial log path of this test's own.
+    fn log_file() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xtask-watchdog-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("serial.log")
+    }
+
+    /// Checks `child` every 50 ms for `for_`; the error, if any.
+    fn watch(child: &mut Child, log: &Path, timeout: Duration, for_: Duration) -> Option<String> {
+        let scenario = scenario(timeout);
+        let started = Instant::now();
+        let mut dog = Watchdog::new(&scenario, log, child.id(), started);
+        dog.idle_limit = Duration::from_millis(600);
+        let result = loop {
+            if let Err(e) = dog.check() {
+                assert!(e.downcast_ref::<Stalled>().is_some(), "{e:#}");
+                break Some(format!("{e}"));
+            }
+            if started.elapsed() > for_ {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(log.parent().unwrap());
+        result
+    }
+
+    #[test]
+    fn an_idle_silent_emulator_is_stalled_after_the_idle_limit() {
+        let log = log_file();
+        fs::write(&log, "booted\n").unwrap();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let started = Instant::now();
+        let error = watch(
+            &mut child,
+            &log,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        )
+        .expect("an idle sandbox is stalled");
+        let took = started.elapsed();
+        assert!(error.contains("the sandbox idled for"), "{error}");
+        assert!(error.contains("no console output): frozen"), "{error}");
+        assert!(error.ends_with("booted"), "the log's tail: {error}");
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_busy_emulator_is_never_idle() {
+        let log = log_file();
+        fs::write(&log, "").unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let error = watch(
+            &mut child,
+            &log,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
+        assert_eq!(error, None);
+    }
+
+    #[test]
+    fn a_printing_emulator_is_never_idle() {
+        let log = log_file();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while :; do echo tick >> {}; sleep 0.2; done",
+                log.display()
+            ))
+            .spawn()
+            .unwrap();
+        let error = watch(
+            &mut child,
+            &log,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
+        assert_eq!(error, None);
+    }
+
+    #[test]
+    fn a_soft_lockup_report_stalls_a_busy_emulator_at_once() {
+        let log = log_file();
+        fs::write(&log, "booted\n").unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 0.3; echo '[  872.478023] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [qemu-system-x86:1512]' >> {}; while :; do :; done",
+                log.display()
+            ))
+            .spawn()
+            .unwrap();
+        let error = watch(
+            &mut child,
+            &log,
+            Duration::from_secs(30),
+            Duration::from_secs(3),
+        )
+        .expect("a soft lockup");
+        assert!(
+            error.starts_with("watchdog-test: the sandbox's kernel reported a soft lockup"),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("stuck for 22s! [qemu-system-x86:1512]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_boot_past_its_timeout_is_stalled_whatever_it_does() {
+        let log = log_file();
+        let mut file = fs::File::create(&log).unwrap();
+        writeln!(file, "still going").unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let error = watch(
+            &mut child,
+            &log,
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        )
+        .expect("past its timeout");
+        assert!(
+            error
+                .starts_with("watchdog-test: the sandbox did not finish within 300ms; serial log "),
+            "{error}"
+        );
+    }
 }
