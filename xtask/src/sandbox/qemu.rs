@@ -38,7 +38,12 @@ pub fn boot(
         .arg(&initramfs)
         // nokaslr: the sandbox's /proc/kallsyms is then also the symbol map of
         // an L2 guest booting the same kernel with nokaslr (qemu-guest-sites).
-        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr"])
+        // tsc=reliable: under TCG the kernel finds the vCPUs' TSCs
+        // unsynchronized and falls back to the HPET, whose every read is an
+        // emulated MMIO access; every clock read of a BPF program
+        // (`bpf_ktime_get_ns`) then paid it, and perf's (the TSC) did not.
+        // A production host's clocksource is the TSC.
+        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr tsc=reliable"])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()));
