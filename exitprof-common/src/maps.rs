@@ -182,7 +182,9 @@ pub struct CachedCount<K> {
 pub struct UserspaceExitStats {
     /// Returns from `KVM_RUN` with this reason.
     pub count: u64,
-    /// Round trips closed by the thread's next `ioctl(KVM_RUN)`.
+    /// Round trips closed when the thread is back: at its next
+    /// `kvm_entry`, or, where that never fires (PVM), its next
+    /// `ioctl(KVM_RUN)`.
     pub roundtrips: u64,
     /// Sum of round-trip durations.
     pub roundtrip_total_ns: u64,
@@ -208,8 +210,8 @@ pub struct PendingUserspaceExit {
 }
 
 /// Everything a vCPU thread has in flight: its exit waiting for
-/// `kvm_entry` and its return to user space waiting for the next
-/// `ioctl(KVM_RUN)`, and its process. The value of `IN_FLIGHT`: task
+/// `kvm_entry` and its return to user space waiting for the thread to be
+/// back, and its process. The value of `IN_FLIGHT`: task
 /// storage (the kernel keeps it in the thread's `task_struct` and frees it
 /// with the thread), or, on kernels without, an LRU hash map by thread id.
 /// A thread has one only if its events are counted, so finding it answers

@@ -1,6 +1,6 @@
 //! What a vCPU thread has in flight: its exit between `kvm_exit` and
-//! `kvm_entry`, and its return to user space between `kvm_userspace_exit`
-//! and the next `ioctl(KVM_RUN)`, in one record per thread
+//! `kvm_entry`, and its return to user space from `kvm_userspace_exit`
+//! until it is back (`userspace_roundtrip.rs`), in one record per thread
 //! ([`TaskInFlight`]). Both belong to the thread (it may sleep and migrate
 //! in between: no per-CPU structure can hold them).
 //!

@@ -29,8 +29,8 @@ pub static EXIT_BREAKDOWN: PerCpuHashMap<BreakdownKey, BreakdownStats> =
 pub static EXIT_SITES: PerCpuHashMap<SiteKey, BreakdownStats> =
     PerCpuHashMap::with_max_entries(SITES_MAP_ENTRIES, 0);
 
-/// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round trip to the next
-/// `ioctl(KVM_RUN)`.
+/// `kvm_userspace_exit` by slot (`userspace_exit::slot`), with the round
+/// trip until the thread is back (`userspace_roundtrip.rs`).
 #[map]
 pub static USERSPACE_EXITS: PerCpuArray<UserspaceExitStats> =
     PerCpuArray::with_max_entries(userspace_exit::SLOTS, 0);

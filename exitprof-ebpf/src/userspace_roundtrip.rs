@@ -1,6 +1,15 @@
 //! Userspace round trip: from `kvm:kvm_userspace_exit` (`KVM_RUN` returns to
-//! the VMM) to the same thread's next `ioctl(KVM_RUN)`: how long the VMM
-//! took to handle an exit that reached user space.
+//! the VMM) until the same thread is back: how long the VMM took to handle
+//! an exit that reached user space.
+//!
+//! Where `kvm_entry` fires (SVM, VMX) the thread's next `kvm_entry` closes
+//! it (`vmexit.rs`, with the clock read it makes anyway), so the VMM's
+//! handling plus KVM's way back into the guest. Where it never fires (PVM)
+//! the next `ioctl(KVM_RUN)` closes it (`sys_enter_ioctl`), and only there
+//! is that program attached: a syscall tracepoint puts every syscall of
+//! every process on the host on the slow path, and runs at each of their
+//! ioctls (a real QEMU guest's boot: 834k ioctls, 977k syscalls, for 229k
+//! returns to user space).
 use aya_ebpf::{
     EbpfContext as _,
     helpers::bpf_ktime_get_ns,
@@ -21,7 +30,7 @@ use crate::{
 /// `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u32 = 0xae80;
 
-/// `kvm:kvm_userspace_exit`: counted here, timed at the next `KVM_RUN`.
+/// `kvm:kvm_userspace_exit`: counted here, timed when the thread is back.
 #[tracepoint]
 pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
     try_kvm_userspace_exit(&ctx).unwrap_or(1)
@@ -61,13 +70,35 @@ fn record_userspace_exit(record: Option<*mut TaskInFlight>, reason: u32, errno: 
         unsafe { (*stats).count += 1 };
     }
     if let Some(record) = record {
+        let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: the current thread's record; only this thread writes it.
         unsafe {
+            // Still open: `KVM_RUN` came back to the VMM without entering
+            // the guest (a signal, `immediate_exit`); that trip ends here.
+            if let Some(open) = in_flight::take_userspace(record) {
+                close(open, now);
+            }
             (*record).userspace = PendingUserspaceExit {
-                ts_ns: bpf_ktime_get_ns(),
+                ts_ns: now,
                 reason: slot,
                 _pad: 0,
             };
+        }
+    }
+}
+
+/// Adds the round trip `pending` opened, ended at `now`.
+#[inline(always)]
+pub fn close(pending: PendingUserspaceExit, now: u64) {
+    let took = now.saturating_sub(pending.ts_ns);
+    if let Some(stats) = USERSPACE_EXITS.get_ptr_mut(pending.reason) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*stats).roundtrips += 1;
+            (*stats).roundtrip_total_ns += took;
+            if took > (*stats).roundtrip_max_ns {
+                (*stats).roundtrip_max_ns = took;
+            }
         }
     }
 }
@@ -113,7 +144,8 @@ unsafe fn field<T: Copy, const USUAL: usize>(
     unsafe { ctx.read_at::<T>(offset) }
 }
 
-/// `syscalls:sys_enter_ioctl`: closes the round trip on `KVM_RUN`.
+/// `syscalls:sys_enter_ioctl`: closes the round trip on `KVM_RUN`, where
+/// `kvm_entry` never fires (the loader attaches it only there).
 #[tracepoint]
 pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     try_sys_enter_ioctl(&ctx).unwrap_or(1)
@@ -130,19 +162,8 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     // SAFETY: the current thread's record.
-    let Some(pending) = (unsafe { in_flight::take_userspace(record) }) else {
-        return Ok(0);
-    };
-    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
-    if let Some(stats) = USERSPACE_EXITS.get_ptr_mut(pending.reason) {
-        // SAFETY: per-CPU value of this CPU.
-        unsafe {
-            (*stats).roundtrips += 1;
-            (*stats).roundtrip_total_ns += took;
-            if took > (*stats).roundtrip_max_ns {
-                (*stats).roundtrip_max_ns = took;
-            }
-        }
+    if let Some(pending) = unsafe { in_flight::take_userspace(record) } {
+        close(pending, unsafe { bpf_ktime_get_ns() });
     }
     Ok(0)
 }

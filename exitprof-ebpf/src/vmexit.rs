@@ -31,6 +31,7 @@ use crate::{
     counters::entry,
     in_flight::{self, Thread},
     maps::{EXIT_BREAKDOWN, EXIT_SITES, EXIT_STATS},
+    userspace_roundtrip,
 };
 
 /// `kvm:kvm_exit`.
@@ -180,20 +181,29 @@ pub fn kvm_entry_raw(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Closes the thread's exit in flight and adds its duration.
+/// Closes the thread's exit in flight and adds its duration; and its
+/// return to user space, if one is open (`userspace_roundtrip.rs`), with
+/// the same clock read.
 #[inline(always)]
 fn time_entry() {
     // Only threads of wanted processes have a record.
     let Some(record) = in_flight::existing() else {
         return;
     };
-    // SAFETY: the current thread's record.
+    // SAFETY: the current thread's record (here and below).
+    if unsafe { (*record).exit.ts_ns == 0 && (*record).userspace.ts_ns == 0 } {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(userspace) = unsafe { in_flight::take_userspace(record) } {
+        userspace_roundtrip::close(userspace, now);
+    }
     let Some(pending) = (unsafe { in_flight::take_exit(record) }) else {
         return;
     };
     // SAFETY: as above.
     let tgid = unsafe { (*record).tgid };
-    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.ts_ns);
+    let took = now.saturating_sub(pending.ts_ns);
     if let Some(stats) = EXIT_STATS.get_ptr_mut(pending.slot) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe {

@@ -7,7 +7,7 @@ use exitprof_common::config::{NO_FIELD, Offsets};
 use crate::{
     host::tracefs::{Format, TracefsError},
     model::{
-        Events,
+        Backend, Events,
         events::{EventSource, RawArg},
     },
 };
@@ -46,6 +46,9 @@ pub struct Hook {
     pub required: bool,
     /// Its raw tracepoint program, if it has one.
     pub raw: Option<RawHook>,
+    /// Attached only on backends where `kvm_entry` never fires (PVM): the
+    /// end of a userspace round trip, which `kvm_entry` marks elsewhere.
+    pub only_without_vmexit: bool,
 }
 
 impl Hook {
@@ -61,6 +64,7 @@ impl Hook {
                 group: Group::Handlers,
                 args: source.raw_args,
             }),
+            only_without_vmexit: false,
         }
     }
 }
@@ -77,6 +81,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Handlers,
             args: &[RawArg::Int(4), RawArg::Int(4)],
         }),
+        only_without_vmexit: false,
     },
     Hook {
         program: "kvm_exit",
@@ -88,6 +93,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu, RawArg::Int(4)],
         }),
+        only_without_vmexit: false,
     },
     Hook {
         program: "kvm_entry",
@@ -99,6 +105,7 @@ const OTHER_HOOKS: &[Hook] = &[
             group: Group::Vmexit,
             args: &[RawArg::Vcpu],
         }),
+        only_without_vmexit: false,
     },
     Hook {
         program: "sys_enter_ioctl",
@@ -106,6 +113,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sys_enter_ioctl",
         required: false,
         raw: None,
+        only_without_vmexit: true,
     },
     Hook {
         program: "sched_process_fork",
@@ -113,6 +121,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_fork",
         required: true,
         raw: None,
+        only_without_vmexit: false,
     },
     Hook {
         program: "sched_process_exit",
@@ -120,6 +129,7 @@ const OTHER_HOOKS: &[Hook] = &[
         event: "sched_process_exit",
         required: true,
         raw: None,
+        only_without_vmexit: false,
     },
 ];
 
@@ -130,6 +140,15 @@ pub fn all() -> Vec<Hook> {
         .iter()
         .map(Hook::of)
         .chain(OTHER_HOOKS.iter().copied())
+        .collect()
+}
+
+/// The hooks to attach on `backend`.
+#[must_use]
+pub fn for_backend(backend: Backend) -> Vec<Hook> {
+    all()
+        .into_iter()
+        .filter(|h| !(h.only_without_vmexit && backend.emits_vmexit()))
         .collect()
 }
 
@@ -210,6 +229,28 @@ mod tests {
             assert_eq!(o.exit_guest_rip, 16, "{kernel}");
             assert_eq!((o.userspace_exit_reason, o.userspace_exit_errno), (8, 12));
             assert_eq!((o.ioctl_cmd, o.fork_child_pid), (0, 0), "missing: 0");
+        }
+    }
+
+    /// `sys_enter_ioctl` closes round trips only where `kvm_entry` does
+    /// not: a syscall tracepoint slows every syscall on the host.
+    #[test]
+    fn the_ioctl_hook_is_attached_only_where_kvm_entry_never_fires() {
+        let has_ioctl = |b: Backend| {
+            for_backend(b)
+                .iter()
+                .any(|h| h.program == "sys_enter_ioctl")
+        };
+        assert!(!has_ioctl(Backend::Svm));
+        assert!(!has_ioctl(Backend::Vmx));
+        assert!(has_ioctl(Backend::Pvm));
+        assert!(has_ioctl(Backend::Unknown));
+        for b in [Backend::Svm, Backend::Vmx, Backend::Pvm, Backend::Unknown] {
+            assert_eq!(
+                for_backend(b).len() + usize::from(b.emits_vmexit()),
+                all().len(),
+                "{b:?}"
+            );
         }
     }
 

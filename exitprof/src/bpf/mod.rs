@@ -113,7 +113,8 @@ impl Profiler {
             return Err(LoadError::NotRoot);
         }
         let host = Host::this();
-        let (object, hooks, why_hash) = object_for(options.in_flight, &host)?;
+        let backend = backend::detect_in(&host.sys_module);
+        let (object, hooks, why_hash) = object_for(options.in_flight, &host, backend)?;
         let formats = read_formats(&hooks)?;
         let find = |event: &str| {
             formats
@@ -194,7 +195,7 @@ impl Profiler {
         let mirror = Mirror::choose(ebpf.map("GUEST_MIRROR"), options.mirror, patched);
         Ok(Self {
             ebpf,
-            backend: backend::detect(),
+            backend,
             started: Instant::now(),
             attached,
             stats,
@@ -308,10 +309,11 @@ impl Profiler {
         Ok(doomed.len())
     }
 
-    /// Whether userspace round trips are measured (`sys_enter_ioctl`).
+    /// Whether userspace round trips are measured: `kvm_entry` ends them
+    /// where it fires, `sys_enter_ioctl` elsewhere.
     #[must_use]
     pub fn measures_roundtrips(&self) -> bool {
-        self.attached.contains(&"sys_enter_ioctl")
+        self.backend.emits_vmexit() || self.attached.contains(&"sys_enter_ioctl")
     }
 
     /// Reads every map into one snapshot covering the time since start.
@@ -368,11 +370,12 @@ fn may_load_bpf() -> bool {
 }
 
 /// The eBPF object for the in-flight store `mode` asks for on `host`, its
-/// hooks, and why it keeps exits in flight in hash maps ("" in task
-/// storage).
+/// hooks on `backend`, and why it keeps exits in flight in hash maps (""
+/// in task storage).
 fn object_for(
     mode: InFlightMode,
     host: &Host,
+    backend: Backend,
 ) -> Result<(&'static [u8], Vec<Hook>, String), LoadError> {
     let (store, why) = InFlightStore::decide(mode, host)?;
     let object = match store {
@@ -382,7 +385,7 @@ fn object_for(
     if object.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let hooks = hooks::all();
+    let hooks = hooks::for_backend(backend);
     let note = match store {
         InFlightStore::TaskStorage => String::new(),
         InFlightStore::Hash => format!("exits in flight in hash maps: {why}"),

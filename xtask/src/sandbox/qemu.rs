@@ -43,7 +43,10 @@ pub fn boot(
         // emulated MMIO access; every clock read of a BPF program
         // (`bpf_ktime_get_ns`) then paid it, and perf's (the TSC) did not.
         // A production host's clocksource is the TSC.
-        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr tsc=reliable"])
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr tsc=reliable",
+        ])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()));

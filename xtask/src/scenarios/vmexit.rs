@@ -48,7 +48,11 @@ echo "@@EXITPROF classic_rc $?"
 echo 0 > $T/events/kvm/kvm_exit/enable
 echo "@@EXITPROF classic $(tail -n 1 /tmp/classic.out)"
 while read -r l; do echo "@@EXITPROF classic_stderr $l"; done < /tmp/classic.err
-{classic_ftrace}timeout 120 exitprof stat --sites -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
+{classic_ftrace}timeout 120 exitprof stat --json --cost -- exitprof vm --pio 300 --mmio 200 > /tmp/rt.out 2> /tmp/rt.err
+echo "@@EXITPROF rt_rc $?"
+echo "@@EXITPROF rt $(tail -n 1 /tmp/rt.out)"
+while read -r l; do echo "@@EXITPROF rt_stderr $l"; done < /tmp/rt.err
+timeout 120 exitprof stat --sites -- exitprof vm --cpuid 1000 --pio 50 --mmio 20 --hlt 5 > /tmp/table.out 2>&1
 echo "@@EXITPROF table_rc $?"
 while IFS= read -r l; do echo "@@EXITPROF table $l"; done < /tmp/table.out
 {serve}"#,
@@ -212,6 +216,7 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
         ours.get(name)
     );
     println!("[e2e] classic mode: {classic_counts:?} (equal to ftrace)");
+    check_roundtrips(results)?;
     ensure!(
         results.get("table_rc")? == "0",
         "the second exitprof stat run failed with {} (124: it hung and timeout ended it)",
@@ -246,6 +251,75 @@ pub(super) fn check(vendor: Vendor, results: &Results) -> anyhow::Result<()> {
     println!(
         "[e2e] {vendor} {}: PASS ({name} exactly {CPUIDS}, every reason and vCPU equal to ftrace, in raw and in classic mode; one {name} site with {CPUIDS})",
         PART.name
+    );
+    Ok(())
+}
+
+/// Userspace round trips where `kvm_entry` ends them: every port and
+/// MMIO access of `exitprof vm --pio 300 --mmio 200` returned to the VMM
+/// and came back, but the done port's, after which the VM stops; no
+/// syscall tracepoint was attached; and the round trips fit inside the
+/// exits (each exit's time runs from `kvm_exit` to `kvm_entry`, its round
+/// trip from `kvm_userspace_exit` to the same `kvm_entry`).
+fn check_roundtrips(results: &Results) -> anyhow::Result<()> {
+    ensure!(
+        results.get("rt_rc")? == "0",
+        "exitprof stat -- exitprof vm --pio 300 --mmio 200 failed: {:?}",
+        results.all("rt_stderr")
+    );
+    let snap = snapshot(results, "rt")?;
+    let row = |name: &str| {
+        snap["events"]["userspace_exit"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .with_context(|| format!("no {name} userspace exits in {snap}"))
+    };
+    let (io, mmio) = (row("IO")?, row("MMIO")?);
+    ensure!(
+        io["count"] == 601 && io["roundtrips"] == 600,
+        "IO: {} returns to the VMM and {} round trips (expected 601 and 600)",
+        io["count"],
+        io["roundtrips"]
+    );
+    ensure!(
+        mmio["count"] == 400 && mmio["roundtrips"] == 400,
+        "MMIO: {} returns to the VMM and {} round trips (expected 400 and 400)",
+        mmio["count"],
+        mmio["roundtrips"]
+    );
+    let programs: Vec<&str> = snap["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    ensure!(
+        programs.iter().any(|p| p.starts_with("kvm_entry"))
+            && !programs.contains(&"sys_enter_ioctl"),
+        "attached programs {programs:?}: kvm_entry ends round trips, sys_enter_ioctl must not be attached"
+    );
+    let ns = |v: &Value, field: &str| v[field].as_u64().unwrap_or(0);
+    let roundtrips = ns(&io, "roundtrip_total_ns") + ns(&mmio, "roundtrip_total_ns");
+    let exits: u64 = snap["exits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("pid").is_none())
+        .map(|r| ns(r, "total_ns"))
+        .sum();
+    ensure!(
+        ns(&io, "roundtrip_total_ns") > 0
+            && ns(&mmio, "roundtrip_total_ns") > 0
+            && roundtrips <= exits,
+        "round trips {roundtrips} ns (IO {}, MMIO {}) against {exits} ns in exits",
+        ns(&io, "roundtrip_total_ns"),
+        ns(&mmio, "roundtrip_total_ns")
+    );
+    println!(
+        "[e2e] round trips: IO 601/600, MMIO 400/400, ended at kvm_entry ({programs:?}), {roundtrips} ns of {exits} ns in exits"
     );
     Ok(())
 }
