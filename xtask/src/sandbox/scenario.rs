@@ -262,10 +262,7 @@ pub fn tail(log: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::Write as _,
-        process::{Child, Command},
-    };
+    use std::process::Command;
 
     use super::*;
 
@@ -295,11 +292,20 @@ mod tests {
         dir.join("serial.log")
     }
 
-    /// Checks `child` every 50 ms for `for_`; the error, if any.
-    fn watch(child: &mut Child, log: &Path, timeout: Duration, for_: Duration) -> Option<String> {
+    /// Runs `script` (`sh -c`, its serial log in `$LOG`, which holds
+    /// "booted") as the emulator and checks it every 50 ms for `for_`, with
+    /// an idle limit of 600 ms; the error, if any.
+    fn watch(script: &str, timeout: Duration, for_: Duration) -> Option<String> {
+        let log = log_file();
+        fs::write(&log, "booted\n").unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .env("LOG", &log)
+            .spawn()
+            .unwrap();
         let scenario = scenario(timeout);
         let started = Instant::now();
-        let mut dog = Watchdog::new(&scenario, log, child.id(), started);
+        let mut dog = Watchdog::new(&scenario, &log, child.id(), started);
         dog.idle_limit = Duration::from_millis(600);
         let result = loop {
             if let Err(e) = dog.check() {
@@ -317,19 +323,13 @@ mod tests {
         result
     }
 
+    const BUSY: &str = "while :; do :; done";
+
     #[test]
     fn an_idle_silent_emulator_is_stalled_after_the_idle_limit() {
-        let log = log_file();
-        fs::write(&log, "booted\n").unwrap();
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let started = Instant::now();
-        let error = watch(
-            &mut child,
-            &log,
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-        )
-        .expect("an idle sandbox is stalled");
+        let error = watch("sleep 30", Duration::from_secs(30), Duration::from_secs(5))
+            .expect("an idle sandbox is stalled");
         let took = started.elapsed();
         assert!(error.contains("the sandbox idled for"), "{error}");
         assert!(error.contains("no console output): frozen"), "{error}");
@@ -342,60 +342,28 @@ mod tests {
 
     #[test]
     fn a_busy_emulator_is_never_idle() {
-        let log = log_file();
-        fs::write(&log, "").unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
-        let error = watch(
-            &mut child,
-            &log,
-            Duration::from_secs(30),
-            Duration::from_secs(2),
+        assert_eq!(
+            watch(BUSY, Duration::from_secs(30), Duration::from_secs(2)),
+            None
         );
-        assert_eq!(error, None);
     }
 
     #[test]
     fn a_printing_emulator_is_never_idle() {
-        let log = log_file();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while :; do echo tick >> {}; sleep 0.2; done",
-                log.display()
-            ))
-            .spawn()
-            .unwrap();
-        let error = watch(
-            &mut child,
-            &log,
-            Duration::from_secs(30),
-            Duration::from_secs(2),
+        let printing = "while :; do echo tick >> $LOG; sleep 0.2; done";
+        assert_eq!(
+            watch(printing, Duration::from_secs(30), Duration::from_secs(2)),
+            None
         );
-        assert_eq!(error, None);
     }
 
     #[test]
     fn a_soft_lockup_report_stalls_a_busy_emulator_at_once() {
-        let log = log_file();
-        fs::write(&log, "booted\n").unwrap();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "sleep 0.3; echo '[  872.478023] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [qemu-system-x86:1512]' >> {}; while :; do :; done",
-                log.display()
-            ))
-            .spawn()
-            .unwrap();
-        let error = watch(
-            &mut child,
-            &log,
-            Duration::from_secs(30),
-            Duration::from_secs(3),
-        )
-        .expect("a soft lockup");
+        let script = format!(
+            "sleep 0.3; echo '[  872.478023] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [qemu-system-x86:1512]' >> $LOG; {BUSY}"
+        );
+        let error =
+            watch(&script, Duration::from_secs(30), Duration::from_secs(3)).expect("a soft lockup");
         assert!(
             error.starts_with("watchdog-test: the sandbox's kernel reported a soft lockup"),
             "{error}"
@@ -408,20 +376,8 @@ mod tests {
 
     #[test]
     fn a_boot_past_its_timeout_is_stalled_whatever_it_does() {
-        let log = log_file();
-        let mut file = fs::File::create(&log).unwrap();
-        writeln!(file, "still going").unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
-        let error = watch(
-            &mut child,
-            &log,
-            Duration::from_millis(300),
-            Duration::from_secs(5),
-        )
-        .expect("past its timeout");
+        let error = watch(BUSY, Duration::from_millis(300), Duration::from_secs(5))
+            .expect("past its timeout");
         assert!(
             error
                 .starts_with("watchdog-test: the sandbox did not finish within 300ms; serial log "),
