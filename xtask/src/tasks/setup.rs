@@ -82,10 +82,21 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// A step failed; the message names the command and what to do.
 pub fn setup() -> anyhow::Result<()> {
     let started = Instant::now();
-    ensure_packages(PACKAGES)?;
-    ensure_nightly()?;
-    ensure_bpf_linker()?;
-    ensure_cargo_fuzz()?;
+    // Two independent chains, side by side on a fresh machine: Debian's
+    // packages then bpf-linker (which links with their LLVM), and the
+    // nightly toolchain then cargo-fuzz (a build that needs neither). The
+    // first is mostly download and unpacking, the second mostly compiling.
+    std::thread::scope(|scope| {
+        let toolchains = scope.spawn(|| -> anyhow::Result<()> {
+            ensure_nightly()?;
+            ensure_cargo_fuzz()
+        });
+        let packages = ensure_packages(PACKAGES).and_then(|()| ensure_bpf_linker());
+        let toolchains = toolchains
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the toolchain setup thread panicked")));
+        packages.and(toolchains)
+    })?;
     println!("[setup] ready ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
