@@ -364,7 +364,8 @@ impl EventKind for HypercallRow {
 }
 
 /// Userspace exits of one reason: returns of `KVM_RUN` to the VMM, with
-/// the round trip to its next `KVM_RUN` (not a handler event: its own
+/// the round trip until the thread is back (its next `kvm_entry`; on PVM,
+/// its next `KVM_RUN`) (not a handler event: its own
 /// source, with its own programs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserspaceExitRow {
@@ -374,7 +375,8 @@ pub struct UserspaceExitRow {
     pub name: String,
     /// Returns to user space.
     pub count: u64,
-    /// Round trips closed by the next `KVM_RUN`.
+    /// Round trips closed when the thread was back (`kvm_entry`, or on
+    /// PVM the next `KVM_RUN`).
     #[serde(default)]
     pub roundtrips: u64,
     /// Sum of round trips.

@@ -277,7 +277,7 @@ fn encode_userspace(state: &State, enc: &mut DescriptorEncoder) -> fmt::Result {
     }
     let mut m = enc.encode_descriptor(
         "exitprof_vmm_roundtrip",
-        "VMM round trip: from KVM_RUN returning to the VMM to the same thread's next KVM_RUN, per KVM_EXIT reason (sum and count: the kernel keeps no buckets for it)",
+        "VMM round trip: from KVM_RUN returning to the VMM until the thread is back in the guest (kvm_entry; on PVM, its next KVM_RUN), per KVM_EXIT reason (sum and count: the kernel keeps no buckets for it)",
         Some(&SECONDS),
         MetricType::Histogram,
     )?;

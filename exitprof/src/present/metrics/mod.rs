@@ -316,7 +316,7 @@ exitprof_hypercall_events_total{nr="other"} 1
 # HELP exitprof_userspace_exits Returns of KVM_RUN to the VMM per KVM_EXIT reason (kvm:kvm_userspace_exit)
 # TYPE exitprof_userspace_exits counter
 exitprof_userspace_exits_total{reason="2",name="IO"} 5
-# HELP exitprof_vmm_roundtrip_seconds VMM round trip: from KVM_RUN returning to the VMM to the same thread's next KVM_RUN, per KVM_EXIT reason (sum and count: the kernel keeps no buckets for it)
+# HELP exitprof_vmm_roundtrip_seconds VMM round trip: from KVM_RUN returning to the VMM until the thread is back in the guest (kvm_entry; on PVM, its next KVM_RUN), per KVM_EXIT reason (sum and count: the kernel keeps no buckets for it)
 # TYPE exitprof_vmm_roundtrip_seconds histogram
 # UNIT exitprof_vmm_roundtrip_seconds seconds
 exitprof_vmm_roundtrip_seconds_sum{reason="2",name="IO"} 0.00005

@@ -155,7 +155,8 @@ pub struct Userspace {
     pub name: String,
     /// Returns of `KVM_RUN`.
     pub count: u64,
-    /// Round trips closed by the next `KVM_RUN`.
+    /// Round trips closed when the thread was back (`kvm_entry`, or on
+    /// PVM the next `KVM_RUN`).
     pub roundtrips: u64,
     /// Their total time.
     pub roundtrip_total_ns: u64,
