@@ -260,7 +260,7 @@ pub fn boot(
         let (state, log, pid) = (Arc::clone(&state), log.to_owned(), emulator.0.id());
         std::thread::spawn(move || read_serial(stream, &log, &state, started, pid))
     };
-    let mut watchdog = Watchdog::new(scenario, log, emulator.0.id(), started);
+    let mut watchdog = Watchdog::new(scenario, log, None, emulator.0.id(), started);
     let result = loop {
         if state.lock().expect("not poisoned").ended {
             break Ok(());

@@ -106,6 +106,11 @@ pub fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> 
 /// power-off).
 fn init_script(vendor: Vendor, nested_paging: bool) -> String {
     let (module, param) = (vendor.module(), vendor.paging_param());
+    let keeper = if vendor == Vendor::Svm {
+        SVM_KEEPER
+    } else {
+        ""
+    };
     format!(
         "#!/bin/sh
 export PATH=/bin
@@ -119,7 +124,7 @@ modprobe {module} {param}={on}
 echo \"@@EXITPROF booted $(cut -d' ' -f1 /proc/uptime)\"
 echo \"@@EXITPROF nested_paging $(cat /sys/module/{module}/parameters/{param} 2>/dev/null)\"
 echo \"@@EXITPROF kvm $(ls /dev/kvm 2>&1)\"
-sh /scenario.sh
+{keeper}sh /scenario.sh
 echo \"@@EXITPROF exit $?\"
 # Power off once the UART has sent what the console holds (its tx count
 # stands still): Bochs times the UART, and power-off drops the rest.
@@ -134,6 +139,30 @@ poweroff -f
         on = u8::from(nested_paging)
     )
 }
+
+/// The SVM sandbox's VM held for the whole boot (its one round runs at
+/// once, then it sleeps: no exits after). KVM switches a static key when
+/// the first VM is created and the last destroyed, which patches
+/// `__schedule`; under QEMU's multi-threaded TCG the other vCPU may then
+/// run a stale int3 from the patching forever (seen: both vCPUs looping in
+/// `exc_int3` from `__schedule+0x2ac` after a few dozen VMs came and went;
+/// on 6.12 an "Oops: int3" there). With this VM alive the key never
+/// switches again. Scenarios that reload the vendor module stop it first
+/// (`$KVM_KEEPER`). Then the heartbeat on QEMU's second serial port
+/// (`sandbox::scenario::HEARTBEAT_LIMIT`).
+const SVM_KEEPER: &str = "exitprof vm --rounds 0 --pause-ms 86400000 > /dev/null 2>&1 &
+export KVM_KEEPER=$!
+( while :; do echo beat > /dev/ttyS1; sleep 2; done ) &
+";
+
+/// Script lines that stop [`SVM_KEEPER`]'s VM and wait until it is gone
+/// (a zombie holds no file, so no VM), for a scenario that reloads the
+/// vendor module; nothing where there is none.
+pub const STOP_KVM_KEEPER: &str = "if [ -n \"$KVM_KEEPER\" ]; then
+  kill $KVM_KEEPER
+  while [ -d /proc/$KVM_KEEPER ] && ! grep -q '^State:.*Z' /proc/$KVM_KEEPER/status 2>/dev/null; do sleep 0.1; done
+fi
+";
 
 /// A fresh `target/sandbox/initramfs/<name>` with `/bin/busybox` and
 /// its `applets`, and empty `/dev`, `/proc`, `/sys` and `/tmp`.

@@ -27,7 +27,7 @@ mod results;
 mod scenario;
 
 pub use debian::{Kernel, KernelLine, fetch_kernel, fetch_kernel_line};
-pub use initramfs::add_binary;
+pub use initramfs::{STOP_KVM_KEEPER, add_binary};
 pub use results::{Results, sections};
 pub use scenario::{Scenario, Vendor, sandbox_dir};
 

@@ -27,6 +27,8 @@ pub fn boot(
     let root = initramfs::root(kernel, exitprof, scenario, Signatures::Keep)?;
     let initramfs = sandbox_dir().join(format!("{}.initramfs.gz", scenario.name));
     initramfs::pack(&root, &initramfs, true)?;
+    let heartbeat = log.with_extension("heartbeat");
+    let _ = std::fs::remove_file(&heartbeat);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m"])
         .arg(memory_mb.to_string())
@@ -49,11 +51,14 @@ pub fn boot(
         ])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
-        .arg(format!("file:{}", log.display()));
+        .arg(format!("file:{}", log.display()))
+        // ttyS1: /init's heartbeat (initramfs.rs), watched by the Watchdog.
+        .arg("-serial")
+        .arg(format!("file:{}", heartbeat.display()));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {cmd:?}"))?;
-    let mut watchdog = Watchdog::new(scenario, log, child.id(), started);
+    let mut watchdog = Watchdog::new(scenario, log, Some(&heartbeat), child.id(), started);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;

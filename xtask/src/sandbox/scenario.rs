@@ -148,10 +148,19 @@ pub const IDLE_LIMIT: Duration = Duration::from_mins(1);
 /// QEMU TCG guest with a tickless kernel uses well under this).
 pub const IDLE_CPU_SHARE: f64 = 0.02;
 
-/// Watches one boot's emulator for the two ways a sandbox stops making
-/// progress: running past the scenario's timeout, and idling for
-/// [`IDLE_LIMIT`]. The caller kills the emulator when [`Self::check`]
-/// fails.
+/// How long the sandbox's kernel may go without a heartbeat (a line from
+/// `/init`'s background loop every 2 s, on a serial port of its own) once
+/// it has sent one. Both vCPUs stuck in the kernel with interrupts off
+/// (seen under QEMU's multi-threaded TCG: both looping on a stale int3 of
+/// the kernel's code patching, at 100% CPU, neither idle nor reporting a
+/// soft lockup) stop it.
+pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(30);
+
+/// Watches one boot's emulator for the ways a sandbox stops making
+/// progress: running past the scenario's timeout, idling for
+/// [`IDLE_LIMIT`], a soft lockup, and a heartbeat that stopped
+/// ([`HEARTBEAT_LIMIT`]). The caller kills the emulator when
+/// [`Self::check`] fails.
 pub struct Watchdog<'a> {
     scenario: &'a Scenario<'a>,
     log: &'a Path,
@@ -163,12 +172,23 @@ pub struct Watchdog<'a> {
     ticks: u64,
     log_len: u64,
     idle_limit: Duration,
+    /// The heartbeat's file, its length at the last check, and when it
+    /// last grew.
+    heartbeat: Option<(&'a Path, u64, Instant)>,
+    heartbeat_limit: Duration,
 }
 
 impl<'a> Watchdog<'a> {
-    /// Starts watching emulator `pid`, started at `started`.
+    /// Starts watching emulator `pid`, started at `started`, whose guest
+    /// writes a heartbeat to `heartbeat`, if it has one.
     #[must_use]
-    pub fn new(scenario: &'a Scenario<'a>, log: &'a Path, pid: u32, started: Instant) -> Self {
+    pub fn new(
+        scenario: &'a Scenario<'a>,
+        log: &'a Path,
+        heartbeat: Option<&'a Path>,
+        pid: u32,
+        started: Instant,
+    ) -> Self {
         Self {
             scenario,
             log,
@@ -178,6 +198,8 @@ impl<'a> Watchdog<'a> {
             ticks: cpu_ticks(pid).unwrap_or(0),
             log_len: len(log),
             idle_limit: IDLE_LIMIT,
+            heartbeat: heartbeat.map(|h| (h, 0, Instant::now())),
+            heartbeat_limit: HEARTBEAT_LIMIT,
         }
     }
 
@@ -191,6 +213,18 @@ impl<'a> Watchdog<'a> {
                 "the sandbox did not finish within {:?}",
                 self.scenario.timeout
             )));
+        }
+        if let Some((file, beats, at)) = &mut self.heartbeat {
+            let now = len(file);
+            if now != *beats {
+                *beats = now;
+                *at = Instant::now();
+            } else if now > 0 && at.elapsed() > self.heartbeat_limit {
+                let silent = at.elapsed().as_secs_f64();
+                return Err(self.stalled(format!(
+                    "the sandbox's kernel stopped running its tasks: no heartbeat for {silent:.0} s (a CPU stuck with interrupts off)"
+                )));
+            }
         }
         let log_len = len(self.log);
         let ticks = cpu_ticks(self.pid).unwrap_or(self.ticks);
@@ -301,12 +335,15 @@ mod tests {
         let mut child = Command::new("sh")
             .args(["-c", script])
             .env("LOG", &log)
+            .env("BEAT", log.with_extension("heartbeat"))
             .spawn()
             .unwrap();
         let scenario = scenario(timeout);
         let started = Instant::now();
-        let mut dog = Watchdog::new(&scenario, &log, child.id(), started);
+        let beat = log.with_extension("heartbeat");
+        let mut dog = Watchdog::new(&scenario, &log, Some(&beat), child.id(), started);
         dog.idle_limit = Duration::from_millis(600);
+        dog.heartbeat_limit = Duration::from_millis(600);
         let result = loop {
             if let Err(e) = dog.check() {
                 assert!(e.downcast_ref::<Stalled>().is_some(), "{e:#}");
@@ -371,6 +408,30 @@ mod tests {
         assert!(
             error.ends_with("stuck for 22s! [qemu-system-x86:1512]"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_busy_emulator_whose_heartbeat_stopped_is_stalled() {
+        let script = format!(
+            "i=0; while [ $i -lt 5 ]; do echo beat >> $BEAT; sleep 0.1; i=$((i+1)); done; {BUSY}"
+        );
+        let error = watch(&script, Duration::from_secs(30), Duration::from_secs(3))
+            .expect("a stopped heartbeat");
+        assert!(
+            error.starts_with("watchdog-test: the sandbox's kernel stopped running its tasks: no heartbeat for 1 s"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_beating_busy_emulator_is_never_stalled() {
+        // One process (the helper kills only its child): busy, beating
+        // between stretches of work.
+        let script = "while :; do echo beat >> $BEAT; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done";
+        assert_eq!(
+            watch(&script, Duration::from_secs(30), Duration::from_secs(2)),
+            None
         );
     }
 

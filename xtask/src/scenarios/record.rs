@@ -23,7 +23,7 @@ pub(super) fn script(vendor: Vendor) -> String {
         r#"
 P=/sys/module/{module}/parameters/{param}
 T=/sys/kernel/tracing
-echo 16384 > $T/buffer_size_kb
+{stop_keeper}echo 16384 > $T/buffer_size_kb
 echo > $T/trace
 echo 1 > $T/events/kvm/kvm_exit/enable
 timeout 120 exitprof record --ept both -o /tmp/r.json 2>/tmp/rec.err
@@ -48,7 +48,8 @@ echo "@@EXITPROF paging_after_kill $(cat $P)"
 "#,
         module = vendor.module(),
         param = vendor.paging_param(),
-        ftrace = ftrace_counts_script("", By::Pid)
+        ftrace = ftrace_counts_script("", By::Pid),
+        stop_keeper = crate::sandbox::STOP_KVM_KEEPER,
     )
 }
 

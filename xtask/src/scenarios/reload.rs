@@ -24,7 +24,8 @@ pub(super) fn module_reload(
     exitprof: &Path,
     modules: &Path,
 ) -> anyhow::Result<()> {
-    let script = r#"
+    let script = crate::sandbox::STOP_KVM_KEEPER.to_owned()
+        + r#"
 NPT=/sys/module/kvm_amd/parameters/npt
 K=/lib/modules/$(uname -r)/kernel/arch/x86/kvm
 # Load the modules from a private directory, with nothing in /lib/modules.
@@ -80,7 +81,7 @@ echo "@@EXITPROF restore_again $(cat /tmp/r2.err)"
         &Scenario {
             name: "module-reload",
             vendor: Vendor::Svm,
-            script,
+            script: &script,
             nested_paging: true,
             timeout: Duration::from_mins(10),
             modules: Some(modules),
