@@ -209,7 +209,7 @@ impl<'a> Watchdog<'a> {
     /// [`Stalled`] when the boot is past its timeout or idle.
     pub fn check(&mut self) -> anyhow::Result<()> {
         if self.started.elapsed() > self.scenario.timeout {
-            return Err(self.stalled(format!(
+            return Err(self.stalled(&format!(
                 "the sandbox did not finish within {:?}",
                 self.scenario.timeout
             )));
@@ -221,7 +221,7 @@ impl<'a> Watchdog<'a> {
                 *at = Instant::now();
             } else if now > 0 && at.elapsed() > self.heartbeat_limit {
                 let silent = at.elapsed().as_secs_f64();
-                return Err(self.stalled(format!(
+                return Err(self.stalled(&format!(
                     "the sandbox's kernel stopped running its tasks: no heartbeat for {silent:.0} s (a CPU stuck with interrupts off)"
                 )));
             }
@@ -234,7 +234,7 @@ impl<'a> Watchdog<'a> {
         let busy = cpu_s > IDLE_CPU_SHARE * idle_for.as_secs_f64();
         if log_len != self.log_len && self.soft_lockup(log_len) {
             return Err(self.stalled(
-                "the sandbox's kernel reported a soft lockup (a CPU stuck in the kernel for over 20 s)".to_owned(),
+                "the sandbox's kernel reported a soft lockup (a CPU stuck in the kernel for over 20 s)",
             ));
         }
         if log_len != self.log_len || (idle_for >= self.idle_limit && busy) {
@@ -242,7 +242,7 @@ impl<'a> Watchdog<'a> {
             self.ticks = ticks;
             self.log_len = log_len;
         } else if idle_for >= self.idle_limit {
-            return Err(self.stalled(format!(
+            return Err(self.stalled(&format!(
                 "the sandbox idled for {:.0} s ({cpu_s:.2} s of emulator CPU, no console output): frozen",
                 idle_for.as_secs_f64()
             )));
@@ -271,7 +271,7 @@ impl<'a> Watchdog<'a> {
         new.windows(NEEDLE.len()).any(|w| w == NEEDLE)
     }
 
-    fn stalled(&self, why: String) -> anyhow::Error {
+    fn stalled(&self, why: &str) -> anyhow::Error {
         Stalled(format!(
             "{}: {why}; serial log {}:\n{}",
             self.scenario.name,
@@ -430,7 +430,7 @@ mod tests {
         // between stretches of work.
         let script = "while :; do echo beat >> $BEAT; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done";
         assert_eq!(
-            watch(&script, Duration::from_secs(30), Duration::from_secs(2)),
+            watch(script, Duration::from_secs(30), Duration::from_secs(2)),
             None
         );
     }
