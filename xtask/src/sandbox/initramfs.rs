@@ -106,10 +106,10 @@ pub fn add_binary(root: &Path, binary: &Path, dest: &str) -> anyhow::Result<()> 
 /// power-off).
 fn init_script(vendor: Vendor, nested_paging: bool) -> String {
     let (module, param) = (vendor.module(), vendor.paging_param());
-    let keeper = if vendor == Vendor::Svm {
-        SVM_KEEPER
+    let (keeper, heartbeat) = if vendor == Vendor::Svm {
+        (SVM_KEEPER, SVM_HEARTBEAT)
     } else {
-        ""
+        ("", "")
     };
     format!(
         "#!/bin/sh
@@ -124,7 +124,7 @@ modprobe {module} {param}={on}
 echo \"@@EXITPROF booted $(cut -d' ' -f1 /proc/uptime)\"
 echo \"@@EXITPROF nested_paging $(cat /sys/module/{module}/parameters/{param} 2>/dev/null)\"
 echo \"@@EXITPROF kvm $(ls /dev/kvm 2>&1)\"
-{keeper}sh /scenario.sh
+{keeper}{heartbeat}sh /scenario.sh
 echo \"@@EXITPROF exit $?\"
 # Power off once the UART has sent what the console holds (its tx count
 # stands still): Bochs times the UART, and power-off drops the rest.
@@ -148,11 +148,15 @@ poweroff -f
 /// `exc_int3` from `__schedule+0x2ac` after a few dozen VMs came and went;
 /// on 6.12 an "Oops: int3" there). With this VM alive the key never
 /// switches again. Scenarios that reload the vendor module stop it first
-/// (`$KVM_KEEPER`). Then the heartbeat on QEMU's second serial port
-/// (`sandbox::scenario::HEARTBEAT_LIMIT`).
+/// (`$KVM_KEEPER`).
 const SVM_KEEPER: &str = "exitprof vm --rounds 0 --pause-ms 86400000 > /dev/null 2>&1 &
 export KVM_KEEPER=$!
-( while :; do echo beat > /dev/ttyS1; sleep 2; done ) &
+";
+
+/// The SVM sandbox kernel's heartbeat, on QEMU's second serial port (the
+/// boot's `.heartbeat` file), which the watchdog reads
+/// (`scenario::HEARTBEAT_LIMIT`).
+const SVM_HEARTBEAT: &str = "( while :; do echo beat > /dev/ttyS1; sleep 2; done ) &
 ";
 
 /// Script lines that stop [`SVM_KEEPER`]'s VM and wait until it is gone
