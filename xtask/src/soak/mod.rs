@@ -475,12 +475,18 @@ fn check_maps(plan: &Plan, samples: &[Sample]) -> anyhow::Result<()> {
         }
     }
     // After the last VM (the churn lingers): nothing left in flight, and
-    // only the churn itself tracked.
+    // only the churn itself tracked. A sample taken while exitprof stat
+    // was closing its maps read none: it says nothing.
     let after = samples[warm..]
         .iter()
         .rev()
-        .find(|s| s.vms == 0 && s.processes.contains_key("stat"))
-        .context("no sample of exitprof stat after the last VM")?;
+        .find(|s| {
+            s.vms == 0
+                && s.processes
+                    .get("stat")
+                    .is_some_and(|p| p.maps.contains_key("TRACKED_TGIDS"))
+        })
+        .context("no reading of exitprof stat's maps after the last VM")?;
     let maps = &after.processes["stat"].maps;
     let (in_flight, tracked) = (maps.get("IN_FLIGHT"), maps.get("TRACKED_TGIDS"));
     ensure!(
